@@ -1,0 +1,1 @@
+"""The appliance VM: network plan and apply, systemd units, first boot."""

@@ -1,0 +1,1 @@
+"""sluice configuration: TOML schemas as frozen dataclasses and their loaders."""

@@ -1,0 +1,1 @@
+"""sluice gateway: envelope codec, policy, framing, daemon and CLI."""

@@ -1,0 +1,22 @@
+"""The ``sluice`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from gateway.cli.anchor_cmd import anchor
+from gateway.cli.appliance_cmd import appliance
+from gateway.cli.config_cmd import config
+from gateway.cli.envelope_cmd import envelope
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sluice")
+def main() -> None:
+    """sluice: governed envelopes across network boundaries."""
+
+
+main.add_command(anchor)
+main.add_command(envelope)
+main.add_command(config)
+main.add_command(appliance)

@@ -1,0 +1,1 @@
+"""Scope policies, lineage and decisions (pure)."""

@@ -22,7 +22,9 @@ def key_id(raw_public_key: bytes) -> bytes:
     """The anchor key id carried in the COSE ``kid`` header: BLAKE2b-128 of the raw 32-byte key."""
     if len(raw_public_key) != 32:
         raise ValueError("an Ed25519 public key is 32 bytes")
-    return hashlib.blake2b(raw_public_key, digest_size=KEY_ID_BYTES, person=b"sluice-kid-v1").digest()
+    return hashlib.blake2b(
+        raw_public_key, digest_size=KEY_ID_BYTES, person=b"sluice-kid-v1"
+    ).digest()
 
 
 def scope_matches(pattern: str, scope: str) -> bool:
@@ -59,7 +61,10 @@ class AnchorLookupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ResolvedAnchor:
-    """A verified anchor: the raw key and what its endorsement grants, valid in [not_before, not_after)."""
+    """A verified anchor: the raw key and what its endorsement grants.
+
+    Valid in ``[not_before, not_after)``.
+    """
 
     kid: bytes
     public_key: bytes  # raw 32-byte Ed25519 key, already checked canonical and not small-order

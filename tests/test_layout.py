@@ -10,7 +10,16 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-IO_MODULES = {"trio", "socket", "pyroute2", "asyncio", "ssl", "grpc", "spiffe.workloadapi", "subprocess"}
+IO_MODULES = {
+    "trio",
+    "socket",
+    "pyroute2",
+    "asyncio",
+    "ssl",
+    "grpc",
+    "spiffe.workloadapi",
+    "subprocess",
+}
 
 PURE = [
     "gateway/envelope",
@@ -53,7 +62,15 @@ def test_pure_modules_do_no_io(rel: str) -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [("config", "gateway"), ("identity", "gateway"), ("config", "appliance"), ("identity", "appliance")])
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("config", "gateway"),
+        ("identity", "gateway"),
+        ("config", "appliance"),
+        ("identity", "appliance"),
+    ],
+)
 def test_dependency_direction(package: str, forbidden: str) -> None:
     offenders = [
         f"{path.relative_to(REPO_ROOT)} imports {name}"

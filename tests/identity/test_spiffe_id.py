@@ -36,7 +36,7 @@ def test_round_trip_and_parts() -> None:
     ("text", "reason"),
     [
         ("spiffe://example.org\n", "trust domain characters"),
-        ("spiffe://exаmple.org", "ASCII"),  # Cyrillic 'а'
+        ("spiffe://ex\u0430mple.org", "ASCII"),  # a Cyrillic look-alike of "a"
         ("SPIFFE://example.org", "scheme"),
         ("spiffe://Example.org", "trust domain characters"),
         ("spiffe://example.org/a/../b", "dot segments"),

@@ -94,6 +94,10 @@ class Fields:
     def has(self, key: str) -> bool:
         return key in self._table
 
+    def key_names(self) -> tuple[str, ...]:
+        """This table's keys in file order (for tables whose keys are data, such as maps)."""
+        return tuple(self._table)
+
     # -- scalars -----------------------------------------------------------------------------
 
     def _typed(self, key: str, kind: type[T], default: T | None, placeholder: T) -> T:

@@ -62,6 +62,7 @@ class Reason(enum.StrEnum):
     POLICY_TRANSIT_DENIED = "policy_transit_denied"
     POLICY_HOP_LIMIT = "policy_hop_limit"
     DESTINATION_MISMATCH = "destination_mismatch"
+    POLICY_HASH_MISMATCH = "policy_hash_mismatch"  # signed policy document: unexpected hash
 
     # Gateway operation.
     NO_ROUTE = "no_route"
@@ -69,3 +70,5 @@ class Reason(enum.StrEnum):
     OVERLOADED = "overloaded"
     UNAUTHENTICATED = "unauthenticated"
     INTERNAL = "internal"
+    SCOPE_NOT_FEDERATED = "scope_not_federated"
+    GOING_AWAY = "going_away"  # a GOAWAY for an orderly shutdown or drain, not a fault

@@ -24,13 +24,16 @@ IO_MODULES = {
 PURE = [
     "gateway/envelope",
     "gateway/policy",
-    "gateway/framing.py",
+    "gateway/framing",
+    "gateway/replay.py",
     "gateway/reasons.py",
     "gateway/errors.py",
     "identity/spiffe_id.py",
     "identity/anchor_contract.py",
     "config",
     "appliance/plan.py",
+    "appliance/netconfig.py",
+    "appliance/diff.py",
 ]
 
 

@@ -6,8 +6,10 @@ import click
 
 from gateway.cli.anchor_cmd import anchor
 from gateway.cli.appliance_cmd import appliance
+from gateway.cli.audit_cmd import audit
 from gateway.cli.config_cmd import config
 from gateway.cli.envelope_cmd import envelope
+from gateway.cli.run_cmd import demo, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,3 +22,6 @@ main.add_command(anchor)
 main.add_command(envelope)
 main.add_command(config)
 main.add_command(appliance)
+main.add_command(audit)
+main.add_command(run)
+main.add_command(demo)

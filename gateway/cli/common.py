@@ -22,7 +22,8 @@ class UserFacingError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code as a class variable; each error carries its own status.
+        vars(self)["exit_code"] = exit_code
 
     def show(self, file: object = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)

@@ -1,0 +1,1 @@
+"""The trio daemon: listeners, links, delivery, reload and shutdown."""

@@ -1,0 +1,81 @@
+"""Group commit for the audit log: many connection tasks, one writer thread call per batch.
+
+Every decision is appended before the envelope is answered, so a receipt implies the decision is
+in the log (durably, under ``fsync = "always"``). Appending record by record would cost one fsync
+per envelope; instead connection tasks queue their record and wait, and one writer task takes
+everything queued so far and appends it with a single ``append_many`` (one write, one fsync) in a
+worker thread. Under load the batches grow by themselves; when idle a batch is one record.
+
+Resource handling: the queue is bounded (backpressure reaches the connections); the writer task is
+the only user of the log. Error handling: if the log cannot be written (disk full, I/O error), the
+waiting records fail with :class:`AuditUnavailable` and the gateway refuses envelopes (fail
+closed) until writes succeed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from gateway.audit.record import AuditRecord
+from gateway.audit.writer import AuditLog
+
+log = logging.getLogger("sluice.audit")
+
+QUEUE_LENGTH = 4096
+MAX_BATCH = 512
+
+
+class AuditUnavailable(Exception):
+    """The decision could not be written to the audit log."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    record: AuditRecord
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str = ""
+
+
+class AuditSink:
+    """The gateway's single path into its audit log."""
+
+    def __init__(self, audit_log: AuditLog) -> None:
+        self.log = audit_log
+        self._send, self._receive = trio.open_memory_channel[_Waiter](QUEUE_LENGTH)
+
+    async def record(self, record: AuditRecord) -> None:
+        """Append ``record``; return once the writer has committed it.
+
+        Raises:
+            AuditUnavailable: the write failed; the caller must not acknowledge the envelope.
+        """
+        waiter = _Waiter(record)
+        await self._send.send(waiter)
+        await waiter.done.wait()
+        if waiter.error:
+            raise AuditUnavailable(waiter.error)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task; runs until cancelled."""
+        task_status.started()
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            records = [w.record for w in batch]
+            error = ""
+            try:
+                # Not cancellable: a half-done append must finish so the chain stays consistent.
+                await trio.to_thread.run_sync(self.log.append_many, records)
+            except (OSError, ValueError) as exc:
+                error = f"audit log write failed: {exc}"
+                log.error(error)
+            for waiter in batch:
+                waiter.error = error
+                waiter.done.set()

@@ -1,0 +1,94 @@
+"""A framing :class:`~gateway.framing.Connection` driven over a trio stream.
+
+The sans-I/O connection decides what bytes mean; this class only moves them. One task reads
+(``receive``); any number of tasks may send, serialised by a lock so frames never interleave.
+
+Resource handling: the channel owns the stream; ``aclose`` closes it (forcefully when the peer
+stalls). Error handling: the peer's garbage surfaces as :class:`FramingError` from ``receive``,
+after which the caller sends ``error.error_hint`` (``send_goaway``) and closes; transport failures
+surface as ``trio.BrokenResourceError`` / ``trio.ClosedResourceError``, kept distinct as in trio.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from gateway.errors import LocalProtocolError
+from gateway.framing import NEED_DATA, ConnectionClosed, Event, FramingError, GoAway, Hello
+from gateway.framing import Connection as FramingConnection
+from gateway.reasons import Reason
+
+RECEIVE_CHUNK = 64 * 1024
+SEND_TIMEOUT = 10.0  # a peer that stops reading for this long is cut off (backpressure bound)
+
+
+class HandshakeError(Exception):
+    """The peer did not open with a HELLO (or not in time)."""
+
+
+class FramedChannel:
+    """One framed connection over ``stream``."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.protocol = FramingConnection()
+        self._send_lock = trio.Lock()
+
+    @property
+    def their_hello(self) -> Hello | None:
+        return self.protocol.their_hello
+
+    async def send(self, event: Event) -> None:
+        """Encode and write ``event``; raises LocalProtocolError on misuse (state unchanged).
+
+        A peer that does not drain its socket for SEND_TIMEOUT gets BrokenResourceError, so one
+        stalled reader cannot hold a sender (and the lock) forever.
+        """
+        async with self._send_lock:
+            data = self.protocol.send(event)
+            if data:
+                with trio.fail_after(SEND_TIMEOUT):
+                    await self.stream.send_all(data)
+
+    async def receive(self) -> Event:
+        """The next event from the peer; ``ConnectionClosed`` once the stream ended."""
+        while True:
+            event = self.protocol.next_event()
+            if event is not NEED_DATA:
+                return event
+            data = await self.stream.receive_some(RECEIVE_CHUNK)
+            self.protocol.receive_data(bytes(data))
+
+    async def handshake(self, ours: Hello, *, timeout: float) -> Hello:
+        """Send our HELLO and wait for theirs.
+
+        Raises:
+            HandshakeError: the first event was not a HELLO, or it did not come in ``timeout``.
+            FramingError: the peer sent garbage.
+        """
+        with trio.move_on_after(timeout) as scope:
+            await self.send(ours)
+            event = await self.receive()
+        if scope.cancelled_caught:
+            raise HandshakeError("no HELLO within the handshake timeout")
+        if not isinstance(event, Hello):
+            raise HandshakeError(f"expected HELLO, got {type(event).__name__}")
+        return event
+
+    async def send_goaway(self, reason: Reason, detail: str = "") -> None:
+        """Best effort: tell the peer why we are closing. Never raises."""
+        try:
+            with trio.move_on_after(1.0):
+                await self.send(GoAway(reason, detail[:200]))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError):
+            pass
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+def is_end(event: Event) -> bool:
+    return isinstance(event, ConnectionClosed)
+
+
+__all__ = ["FramedChannel", "FramingError", "HandshakeError", "is_end"]

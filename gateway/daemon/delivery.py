@@ -1,0 +1,190 @@
+"""Delivery to the next hop: at-least-once, through the link or the spool.
+
+Theory of operation: an envelope the gateway decided to forward is answered upstream only when
+(a) the next hop acknowledged it, or (b) it is durably in the spool. If the link is down, has no
+window slot, or the receipt does not come in time, the envelope is spooled (fsync) and a drainer
+task per route target re-sends spooled envelopes once the link is back, in FIFO order, removing
+each one when the next hop answers. A receipt is final either way: ACK means delivered, NACK
+means the next hop refused it for good (``replayed`` means it already had it).
+
+The final receiver deduplicates by envelope id, so the duplicates that at-least-once delivery can
+produce (a receipt lost in a crash, a late receipt after a timeout) never reach an application
+twice.
+
+Resource handling: one :class:`Link` and one drainer per target, both owned by the nursery passed
+to :meth:`Delivery.start`. Spool calls run in worker threads (they fsync).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from gateway.daemon.links import Connector, Link, LinkUnavailable
+from gateway.envelope.wire import decode_unverified
+from gateway.errors import RemoteProtocolError
+from gateway.framing import Hello, ReceiptStatus
+from gateway.metrics import GatewayMetrics
+from gateway.reasons import Reason
+from gateway.router import RouteTarget
+from gateway.spool import Spool, SpoolFull
+
+log = logging.getLogger("sluice.delivery")
+
+DRAIN_BATCH = 64
+DRAIN_PARALLEL = 16
+DRAIN_POLL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a delivery ended: ``ack`` (delivered or safely spooled) or a NACK reason."""
+
+    ack: bool
+    reason: Reason | None = None
+    spooled: bool = False
+    detail: str = ""
+
+
+SpoolDrop = Callable[[bytes, str, Reason, str], Awaitable[None]]
+
+
+class Delivery:
+    """Links, spool and drainers for every route target."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        connector: Connector,
+        hello: Hello,
+        metrics: GatewayMetrics,
+        *,
+        receipt_timeout: float,
+        clock: Callable[[], float],
+        on_drop: SpoolDrop,
+    ) -> None:
+        self.spool = spool
+        self._connector = connector
+        self._hello = hello
+        self._metrics = metrics
+        self._receipt_timeout = receipt_timeout
+        self._clock = clock
+        self._on_drop = on_drop
+        self.links: dict[str, Link] = {}
+        self._wakeups: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery, targets: tuple[RouteTarget, ...]) -> None:
+        """Start links and drainers for ``targets`` (and later ones through :meth:`ensure`)."""
+        self._nursery = nursery
+        for target in targets:
+            self.ensure(target)
+        self._metrics.spool_depth.set(len(self.spool))
+
+    def ensure(self, target: RouteTarget) -> Link:
+        """The link for ``target``, started on first use."""
+        link = self.links.get(target.key)
+        if link is None:
+            if self._nursery is None:
+                raise RuntimeError("Delivery.start was not called")
+            gauge = self._metrics.peer_up.labels(target=target.key)
+
+            def on_state(up: bool, _wake: str = target.key) -> None:
+                gauge.set(1 if up else 0)
+                if up:
+                    self._wake(_wake)
+
+            link = Link(target, self._connector, self._hello, on_state=on_state)
+            self.links[target.key] = link
+            self._wakeups[target.key] = trio.Event()
+            self._nursery.start_soon(link.run)
+            self._nursery.start_soon(self._drain, link)
+        return link
+
+    def _wake(self, key: str) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    async def deliver(self, target: RouteTarget, envelope_id: bytes, data: bytes) -> Outcome:
+        """Hand ``data`` to ``target`` or to the spool; see the module docstring."""
+        link = self.ensure(target)
+        if link.up and not self._has_backlog(target.key):
+            try:
+                receipt = await link.submit(data, timeout=self._receipt_timeout)
+            except LinkUnavailable as exc:
+                log.debug("spooling for %s: %s", target.key, exc)
+            else:
+                if receipt.status is ReceiptStatus.ACK:
+                    self._metrics.delivered.labels(target=target.key).inc()
+                    return Outcome(ack=True)
+                return Outcome(
+                    ack=False, reason=receipt.reason or Reason.INTERNAL, detail=receipt.detail
+                )
+        try:
+            await trio.to_thread.run_sync(self.spool.put, envelope_id, target.key, data)
+        except SpoolFull as exc:
+            log.warning("spool full: %s", exc)
+            return Outcome(ack=False, reason=Reason.OVERLOADED, detail="spool full")
+        self._metrics.spooled.labels(target=target.key).inc()
+        self._metrics.spool_depth.set(len(self.spool))
+        self._wake(target.key)
+        return Outcome(ack=True, spooled=True)
+
+    def _has_backlog(self, key: str) -> bool:
+        # While older envelopes for this target wait in the spool, new ones queue behind them, so a
+        # returning destination receives each sender's envelopes in order.
+        return key in self.spool.destinations()
+
+    async def _drain(self, link: Link) -> None:
+        key = link.target.key
+        while True:
+            with trio.move_on_after(DRAIN_POLL):
+                await self._wakeups[key].wait()
+            self._wakeups[key] = trio.Event()
+            if not link.up:
+                continue
+            entries = await trio.to_thread.run_sync(
+                lambda: list(itertools.islice(self.spool.pending(key), DRAIN_BATCH))
+            )
+            if not entries:
+                continue
+            limiter = trio.CapacityLimiter(DRAIN_PARALLEL)
+            async with trio.open_nursery() as nursery:
+                for entry in entries:
+                    nursery.start_soon(self._resend, link, entry.envelope_id, entry.data, limiter)
+            self._metrics.spool_depth.set(len(self.spool))
+            self._wake(key)  # more may be waiting
+
+    async def _resend(
+        self, link: Link, envelope_id: bytes, data: bytes, limiter: trio.CapacityLimiter
+    ) -> None:
+        async with limiter:
+            expired = _expired(data, int(self._clock()))
+            if expired:
+                await self._on_drop(data, link.target.key, Reason.EXPIRED, "expired in the spool")
+                await trio.to_thread.run_sync(self.spool.ack, envelope_id)
+                return
+            try:
+                receipt = await link.submit(data, timeout=self._receipt_timeout)
+            except LinkUnavailable:
+                await trio.to_thread.run_sync(self.spool.bump, envelope_id)
+                return
+            if receipt.status is ReceiptStatus.ACK or receipt.reason is Reason.REPLAYED:
+                self._metrics.delivered.labels(target=link.target.key).inc()
+            else:
+                await self._on_drop(
+                    data, link.target.key, receipt.reason or Reason.INTERNAL, receipt.detail
+                )
+            await trio.to_thread.run_sync(self.spool.ack, envelope_id)
+
+
+def _expired(data: bytes, now: int) -> bool:
+    try:
+        return decode_unverified(data).claims.expires_at < now
+    except RemoteProtocolError:
+        return True  # the spool only holds envelopes we verified; unreadable means damaged

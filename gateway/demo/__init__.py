@@ -1,0 +1,1 @@
+"""``sluice demo``: two trust domains, two federated gateways, workloads on both sides."""

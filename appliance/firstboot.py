@@ -90,7 +90,9 @@ def parse_user_data(raw: bytes, source: str) -> tuple[SeedFile, ...]:
         raise UserDataError(f"{source}: larger than {MAX_USER_DATA_BYTES} bytes")
     head = raw.lstrip()[:64].lower()
     if head.startswith(b"content-type: multipart"):
-        raise UserDataError(f"{source}: MIME multipart user data is not supported; use #cloud-config")
+        raise UserDataError(
+            f"{source}: MIME multipart user data is not supported; use #cloud-config"
+        )
     if head.startswith(b"#!"):
         raise UserDataError(f"{source}: script user data is not supported; use #cloud-config")
     if not raw.startswith(_CLOUD_CONFIG):
@@ -138,7 +140,9 @@ def _sluice_key(value: object, source: str) -> list[SeedFile]:
         raise UserDataError(f"{source}: sluice: expected the TOML text or a mapping")
     unknown = sorted(str(k) for k in value if k not in ("config", "network"))
     if unknown:
-        raise UserDataError(f"{source}: sluice.{unknown[0]}: unknown key (expected config, network)")
+        raise UserDataError(
+            f"{source}: sluice.{unknown[0]}: unknown key (expected config, network)"
+        )
     out = []
     for key, name in (("config", CONFIG_NAME), ("network", NETWORK_NAME)):
         text = value.get(key)
@@ -201,7 +205,9 @@ def _content(entry: dict[object, object], key: str, source: str) -> bytes:
                 raise UserDataError(f"{source}: {key}.content: larger than the limit once unzipped")
             return data
     except (binascii.Error, OSError, EOFError, zlib.error) as exc:
-        raise UserDataError(f"{source}: {key}.content: cannot decode as {encoding}: {exc}") from None
+        raise UserDataError(
+            f"{source}: {key}.content: cannot decode as {encoding}: {exc}"
+        ) from None
     raise UserDataError(
         f"{source}: {key}.encoding: {encoding!r} not supported (text/plain, b64, gz+b64)"
     )

@@ -99,7 +99,9 @@ step_install() {
     cp -r "$wheels" "$ROOT/tmp/sluice-wheels"
     install -m 0755 "$REPO/packer/scripts/install-sluice.sh" "$ROOT/tmp/install-sluice.sh"
     chroot_mounts
-    chroot "$ROOT" env SLUICE_WHEELS=/tmp/sluice-wheels /tmp/install-sluice.sh
+    # A clean environment: the host's PIP_* settings (find-links, index) mean nothing in the root.
+    chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+        SLUICE_WHEELS=/tmp/sluice-wheels /tmp/install-sluice.sh
     rm -rf "$ROOT/tmp/sluice-wheels" "$ROOT/tmp/install-sluice.sh"
     cleanup
     MOUNTS=()

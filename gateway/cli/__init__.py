@@ -9,6 +9,7 @@ from gateway.cli.appliance_cmd import appliance
 from gateway.cli.audit_cmd import audit
 from gateway.cli.config_cmd import config
 from gateway.cli.envelope_cmd import envelope
+from gateway.cli.firstboot_cmd import firstboot
 from gateway.cli.run_cmd import demo, run
 
 
@@ -25,3 +26,4 @@ main.add_command(appliance)
 main.add_command(audit)
 main.add_command(run)
 main.add_command(demo)
+main.add_command(firstboot)

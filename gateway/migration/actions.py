@@ -11,6 +11,7 @@ plan's ``[hooks]`` table, with ``{node}`` replaced.
 from __future__ import annotations
 
 import enum
+import shlex
 from dataclasses import dataclass
 
 from config.migration_plan import MigrationPlan
@@ -174,6 +175,4 @@ def commands_for(
 
 def shell_line(argv: tuple[str, ...]) -> str:
     """One command line for a person to read or paste (POSIX shell quoting)."""
-    import shlex  # noqa: PLC0415 - only the runbook and dry-run need it
-
     return shlex.join(argv)

@@ -176,10 +176,12 @@ def parse_text(text: str, file: str, found: _Found | None = None) -> Objects:
                 mark = getattr(exc, "problem_mark", None)
                 line = mark.line + 1 if mark is not None else None
                 sink.problems.append(
-                    NetpolProblem(file, max(document, 1), "", f"invalid YAML: {_yaml_why(exc)}", line)
+                    NetpolProblem(
+                        file, max(document, 1), "", f"invalid YAML: {_yaml_why(exc)}", line
+                    )
                 )
                 break
-            if data is None:
+            if data is None or node is None:
                 continue  # an empty document (a stray ---)
             _document(_Ctx(file, document, node, sink.problems), data, sink)
         else:
@@ -225,9 +227,12 @@ class _Ctx:
                     if isinstance(key, yaml.ScalarNode) and key.value == segment:
                         child = value
                         break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(segment, int):
-                if 0 <= segment < len(node.value):
-                    child = node.value[segment]
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(segment, int)
+                and 0 <= segment < len(node.value)
+            ):
+                child = node.value[segment]
             if child is None:
                 break
             node = child
@@ -363,15 +368,21 @@ def _metadata(ctx: _Ctx, obj: dict[str, Any], path: tuple[Segment, ...]) -> tupl
         name = ""
     else:
         name = _string(
-            ctx, meta["name"], (*path, "metadata", "name"), _DNS_SUBDOMAIN,
+            ctx,
+            meta["name"],
+            (*path, "metadata", "name"),
+            _DNS_SUBDOMAIN,
             "a lowercase DNS subdomain name",
-        )  # fmt: skip
+        )
     namespace = "default"
     if "namespace" in meta:
         namespace = _string(
-            ctx, meta["namespace"], (*path, "metadata", "namespace"), _DNS_LABEL,
+            ctx,
+            meta["namespace"],
+            (*path, "metadata", "namespace"),
+            _DNS_LABEL,
             "a lowercase DNS label (a namespace name)",
-        )  # fmt: skip
+        )
     return name, namespace
 
 
@@ -385,9 +396,12 @@ def _labels(ctx: _Ctx, value: object, path: tuple[Segment, ...]) -> tuple[tuple[
     for key, item in table.items():
         key_text = _label_key(ctx, key, (*path, str(key)))
         text = _string(
-            ctx, item, (*path, str(key)), _LABEL_VALUE,
+            ctx,
+            item,
+            (*path, str(key)),
+            _LABEL_VALUE,
             "a label value (up to 63 letters, digits, '-', '_', '.')",
-        )  # fmt: skip
+        )
         out.append((key_text, text))
     return tuple(sorted(out))
 
@@ -467,7 +481,9 @@ def _peer(ctx: _Ctx, value: object, path: tuple[Segment, ...]) -> Peer:
     peer = _mapping(ctx, value, path, ("podSelector", "namespaceSelector", "ipBlock"))
     if peer is None:
         return Peer()
-    present = [k for k in ("podSelector", "namespaceSelector", "ipBlock") if peer.get(k) is not None]
+    present = [
+        k for k in ("podSelector", "namespaceSelector", "ipBlock") if peer.get(k) is not None
+    ]
     if not present:
         ctx.problem(path, "a peer needs podSelector, namespaceSelector or ipBlock")
         return Peer()
@@ -481,7 +497,9 @@ def _peer(ctx: _Ctx, value: object, path: tuple[Segment, ...]) -> Peer:
             None if namespaces is None else _selector(ctx, namespaces, (*path, "namespaceSelector"))
         ),
         ip_block=(
-            None if peer.get("ipBlock") is None else _ip_block(ctx, peer["ipBlock"], (*path, "ipBlock"))
+            None
+            if peer.get("ipBlock") is None
+            else _ip_block(ctx, peer["ipBlock"], (*path, "ipBlock"))
         ),
     )
 
@@ -491,7 +509,9 @@ def _selector(ctx: _Ctx, value: object, path: tuple[Segment, ...]) -> LabelSelec
     if table is None:
         return LabelSelector()
     labels = _labels(ctx, table.get("matchLabels"), (*path, "matchLabels"))
-    expressions = _items(ctx, table.get("matchExpressions"), (*path, "matchExpressions"), _requirement)
+    expressions = _items(
+        ctx, table.get("matchExpressions"), (*path, "matchExpressions"), _requirement
+    )
     return LabelSelector(labels, expressions)
 
 
@@ -529,8 +549,12 @@ def _ip_block(ctx: _Ctx, value: object, path: tuple[Segment, ...]) -> IPBlock:
     for i, item in enumerate(_list(ctx, table.get("except"), (*path, "except"))):
         text = _string(ctx, item, (*path, "except", i))
         inner = _network(ctx, text, (*path, "except", i))
-        if network is not None and inner is not None and (
-            inner.version != network.version or not inner.subnet_of(network)  # type: ignore[arg-type]
+        if (
+            network is not None
+            and inner is not None
+            and (
+                inner.version != network.version or not inner.subnet_of(network)  # type: ignore[arg-type]
+            )
         ):
             ctx.problem((*path, "except", i), f"{text} is not inside cidr {cidr_text}")
         excepts.append(text)
@@ -578,18 +602,24 @@ def _port(ctx: _Ctx, value: object, path: tuple[Segment, ...]) -> PolicyPort:
         elif not isinstance(port, int):
             ctx.problem((*path, "endPort"), "endPort needs a numeric port")
         elif not port <= end_port <= 65535:
-            ctx.problem((*path, "endPort"), f"expected {port}..65535 (port to 65535), found {end_port}")
+            ctx.problem(
+                (*path, "endPort"), f"expected {port}..65535 (port to 65535), found {end_port}"
+            )
     return PolicyPort(protocol, port, end_port)
 
 
 def _pod(ctx: _Ctx, obj: dict[str, Any], path: tuple[Segment, ...]) -> Pod:
     name, namespace = _metadata(ctx, obj, path)
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
     labels = _labels(ctx, meta.get("labels"), (*path, "metadata", "labels"))
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    spec: dict[str, Any] = obj["spec"] if isinstance(obj.get("spec"), dict) else {}
     account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     account = _string(
-        ctx, account, (*path, "spec", "serviceAccountName"), _DNS_SUBDOMAIN, "a service account name"
+        ctx,
+        account,
+        (*path, "spec", "serviceAccountName"),
+        _DNS_SUBDOMAIN,
+        "a service account name",
     )
     return Pod(namespace, name, labels, account)
 

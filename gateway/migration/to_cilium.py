@@ -154,7 +154,9 @@ def _peer_selector(peer: Peer, namespace: str) -> dict[str, Any] | None:
 def _selector(selector: LabelSelector, *, pin_namespace: str) -> dict[str, Any]:
     labels = dict(selector.match_labels)
     labels[POD_NAMESPACE_LABEL] = pin_namespace
-    expressions = [_expression(r.key, r.operator.value, r.values) for r in selector.match_expressions]
+    expressions = [
+        _expression(r.key, r.operator.value, r.values) for r in selector.match_expressions
+    ]
     return _assemble(labels, expressions)
 
 

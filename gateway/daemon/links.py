@@ -95,7 +95,9 @@ class Link:
             try:
                 await self._connect_and_serve()
                 backoff = BACKOFF_MIN
-            except (
+            # except*: the reader runs in a nursery (with keepalive), so its transport errors
+            # arrive wrapped in an ExceptionGroup.
+            except* (
                 OSError,
                 trio.BrokenResourceError,
                 trio.ClosedResourceError,
@@ -103,7 +105,8 @@ class Link:
                 HandshakeError,
                 RemoteProtocolError,
                 LocalProtocolError,
-            ) as exc:
+            ) as group:
+                exc = group.exceptions[0]
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.info("link %s down: %s", self.target.key, self.last_error)
             await trio.sleep(backoff * (0.5 + random.random()))

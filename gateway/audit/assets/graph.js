@@ -9,6 +9,7 @@
   const PALETTE = ["#2f6fb2", "#b8652a", "#7a4fb0", "#2a8c8c", "#b03a7a", "#6b8e23",
     "#8c6d1f", "#4a5a8c", "#a0522d", "#3c7d4a"];
   const UNKNOWN_TD = "#9aa5b1";
+  const MAX_LABEL = 28; // characters of a scope name drawn; the details panel shows it whole
   const $ = (id) => document.getElementById(id);
 
   const scopes = new Map();      // name -> node
@@ -101,7 +102,7 @@
     const c = el("circle", { class: "scope", r: 5, "data-kind": "scope", "data-name": name,
       fill: colourOf(s.trust_domain), display: "none" }, gNodes);
     const t = el("text", { class: "label", display: "none" }, gLabels);
-    t.textContent = name;
+    t.textContent = name.length > MAX_LABEL ? name.slice(0, MAX_LABEL - 1) + "…" : name;
     scopeEls.set(name, { c, t });
   }
   const arcEls = new Map();
@@ -249,7 +250,9 @@
       a.setAttribute("display", "inline");
       a.setAttribute("d", arcPath(radius + 7, s.lo - step * 0.4, s.hi + step * 0.4));
     }
-    const margin = 150 + 6 * labelSize;
+    let longest = 0;
+    for (const n of names) longest = Math.max(longest, Math.min(n.length, MAX_LABEL));
+    const margin = 40 + longest * labelSize * 0.62;
     view = { x: -radius - margin, y: -radius - margin, w: 2 * (radius + margin),
       h: 2 * (radius + margin) };
     applyView();

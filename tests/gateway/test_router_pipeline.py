@@ -95,7 +95,7 @@ def standard_resolver() -> TableResolver:
 
 
 def _state(gateway: int = 0, peers: dict[str, FederationScopes] | None = None) -> GatewayState:
-    store, origin = ledger_store()
+    store, _ = ledger_store()
     resolver = standard_resolver()
     return GatewayState(
         gateway_id=parse_spiffe_id(GATEWAY_IDS[gateway]),

@@ -202,7 +202,8 @@ async def test_peer_down_then_back_gets_everything_once(
                 result = await sender.send(data, deadline=10)
                 assert result.delivered and result.attempts == 1  # ACKed: durably spooled
             http = weave.gateway.bound["http"]
-            assert await metric(http, "sluice_spooled_total", target="peer:gw-cilium") == 30
+            target = f"peer:gw-cilium@127.0.0.1:{topo.cilium_federation}"
+            assert await metric(http, "sluice_spooled_total", target=target) == 30
             assert await metric(http, "sluice_spool_entries") == 30
             assert not sink.delivered
             await trio.sleep(1.0)  # down "for a while": the link keeps retrying meanwhile

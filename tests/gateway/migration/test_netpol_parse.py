@@ -151,4 +151,4 @@ def test_missing_namespace_means_default_and_empty_documents_are_skipped() -> No
     text = "---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n" \
         "metadata: {name: x}\nspec: {podSelector: {}}\n"
     (policy,) = parse_text(text, "f.yaml").policies
-    assert policy.key == "default/x" and policy.source.document == 3
+    assert policy.key == "default/x" and policy.source.document == 2

@@ -61,7 +61,7 @@ def generate(path: Path, records: int, scopes: int, seed: int) -> None:
     weights = list(itertools.accumulate(1 / (i + 1) for i in range(scopes)))
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
-    batch = 10_000
+    batch = 1000  # one timestamp per batch: 10 s of simulated time
     with AuditLog.open(tmp, gateway_id=gws[0], fsync="never") as log:
         for start in range(0, records, batch):
             chunk = []

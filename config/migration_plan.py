@@ -246,6 +246,7 @@ def plan_from_document(doc: TomlDocument) -> MigrationPlan:
     root.integer("format", low=PLAN_FORMAT, high=PLAN_FORMAT)
     net = root.table("network")
     helm_fields = root.table("helm", optional=True)
+    node_fields = root.tables("node", max_items=MAX_NODES)
     plan = MigrationPlan(
         weave_range=_ipv4(net, "weave_range"),
         weave_mtu=net.integer("weave_mtu", low=576, high=65535),
@@ -268,13 +269,13 @@ def plan_from_document(doc: TomlDocument) -> MigrationPlan:
                 name=n.string("name", max_length=253, check=_node_name_problem),
                 role=_role(n),
             )
-            for n in root.tables("node", max_items=MAX_NODES)
+            for n in node_fields
         ),
         hooks=_hooks(root.table("hooks", optional=True)),
     )
     net.finish()
     helm_fields.finish()
-    for n in root.tables("node", max_items=MAX_NODES):
+    for n in node_fields:
         n.finish()
     root.finish()
     ctx = root.context

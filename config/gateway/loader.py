@@ -73,6 +73,9 @@ def gateway_config_from_document(doc: TomlDocument, *, check_files: bool = False
     )
     metrics.finish()
     log = read_log(root.table("log", optional=True))
+    # The appliance's network table may share the file (one /etc/sluice/sluice.toml on the VM);
+    # `sluice appliance` validates it with appliance.netconfig, so here it is only accepted.
+    root.table("appliance", optional=True)
     root.finish()
 
     if not networks and not root.has("networks"):

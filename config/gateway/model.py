@@ -122,6 +122,8 @@ class Peer:
     export_scopes: tuple[str, ...]
     import_scopes: tuple[str, ...]
     scope_map: tuple[tuple[str, str], ...]  # (local, remote) pairs
+    # CA file authenticating the bundle endpoint (https_web with a private PKI); None = system CAs.
+    bundle_endpoint_ca: Path | None = None
 
     def remote_scope(self, local: str) -> str:
         return dict(self.scope_map).get(local, local)

@@ -250,6 +250,9 @@ def read_peer(f: Fields, files: list[FileRef]) -> Peer:
         endpoint = f.string("bundle_endpoint", max_length=MAX_URL_BYTES, check=url_problem)
     else:
         f.string("bundle_endpoint", "")
+    endpoint_ca = _optional_file(f, "bundle_endpoint_ca", files)
+    if endpoint_ca is not None and endpoint is None:
+        f.problem("bundle_endpoint_ca", "only used with bundle_endpoint")
     if (bundle is None) == (endpoint is None):
         f.problem(
             "" if bundle is None else "bundle",
@@ -279,6 +282,7 @@ def read_peer(f: Fields, files: list[FileRef]) -> Peer:
         exports,
         imports,
         tuple(scope_map),
+        endpoint_ca,
     )
 
 

@@ -10,6 +10,7 @@ from gateway.cli.audit_cmd import audit
 from gateway.cli.config_cmd import config
 from gateway.cli.envelope_cmd import envelope
 from gateway.cli.firstboot_cmd import firstboot
+from gateway.cli.migrate_cmd import migrate
 from gateway.cli.run_cmd import demo, run
 
 
@@ -27,3 +28,4 @@ main.add_command(audit)
 main.add_command(run)
 main.add_command(demo)
 main.add_command(firstboot)
+main.add_command(migrate)

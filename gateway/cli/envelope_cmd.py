@@ -1,6 +1,5 @@
-"""`sluice envelope` commands: seal an envelope, and inspect one without trusting it.
-
-``open`` (verify + decide) is wired once the anchor registry and the policy engine are in place.
+"""`sluice envelope` commands: seal an envelope, open (verify + decide) one, and inspect one
+without trusting it.
 """
 
 from __future__ import annotations
@@ -12,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+import nacl.public
 
-from gateway.cli.common import UserFacingError, one_line_errors
-from gateway.envelope import decode_unverified, seal
+from config.errors import ConfigError
+from gateway.cli.common import EXIT_REFUSED, UserFacingError, one_line_errors
+from gateway.cli.trust_args import build_registry, echo_warning, parse_bundles
+from gateway.envelope import decode_unverified, open_envelope, seal, unseal_payload
 from gateway.envelope.model import RoutingConstraint
 from gateway.errors import LocalProtocolError, RemoteProtocolError
+from gateway.policy import LineageError, decide, explain, load_policy_store
 from identity.anchors import AnchorKeyError, load_private_key
 from identity.spiffe_id import InvalidSpiffeID, parse_spiffe_id, parse_trust_domain
 
@@ -170,3 +173,78 @@ def inspect_cmd(file: str) -> None:
     except RemoteProtocolError as exc:
         raise UserFacingError(f"{file}: not a well-formed envelope: {exc}") from None
     click.echo(json.dumps(doc, indent=2))
+
+
+def _load_unseal_key(path: str) -> nacl.public.PrivateKey:
+    """An X25519 private key file: 64 hex digits (whitespace around ignored) or 32 raw bytes."""
+    try:
+        with Path(path).open("rb") as f:
+            raw = f.read(200)
+    except OSError as exc:
+        raise UserFacingError(f"--unseal-key {path}: cannot read: {exc.strerror}") from None
+    if len(raw) != 32:
+        try:
+            raw = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raw = b""
+    if len(raw) != 32:
+        raise UserFacingError(
+            f"--unseal-key {path}: expected a 32-byte X25519 private key (64 hex digits)"
+        )
+    return nacl.public.PrivateKey(raw)
+
+
+@envelope.command(name="open")
+@click.argument("file")
+@click.option("--bundle", "bundle_specs", multiple=True, help="TRUST_DOMAIN=PATH (repeatable).")
+@click.option("--anchors", "anchors_dir", default=None, help="Directory of *.endorsement files.")
+@click.option("--endorsement", "endorsements", multiple=True, help="Extra endorsement file.")
+@click.option("--policy", "policies", multiple=True, required=True, help="Policy TOML file.")
+@click.option("--at", "at", type=int, default=None, help="Verify as of this unix time.")
+@click.option("--unseal-key", default=None, help="X25519 private key file (64 hex digits).")
+@click.option("--payload-out", default=None, help="Write the (unsealed) payload here if allowed.")
+@one_line_errors(ConfigError, LineageError)
+def open_cmd(
+    file: str,
+    bundle_specs: tuple[str, ...],
+    anchors_dir: str | None,
+    endorsements: tuple[str, ...],
+    policies: tuple[str, ...],
+    at: int | None,
+    unseal_key: str | None,
+    payload_out: str | None,
+) -> None:
+    """Verify FILE ('-' for stdin) completely and decide it against the destination policy.
+
+    Exit status: 0 valid and allowed; 1 refused (the reason code is printed); 3 bad input.
+    """
+    now = int(time.time()) if at is None else at
+    data = _read_input(file)
+    bundles = parse_bundles(bundle_specs)
+    if anchors_dir is None and not endorsements:
+        raise UserFacingError("give --anchors DIR and/or --endorsement FILE")
+    registry = build_registry(anchors_dir, endorsements, bundles, now=now, warn=echo_warning)
+    store = load_policy_store(policies)
+    key = None if unseal_key is None else _load_unseal_key(unseal_key)
+    try:
+        verified = open_envelope(data, resolver=registry, now=now)
+        payload = verified.payload
+        if key is not None and verified.claims.sealed:
+            payload = unseal_payload(verified, key)
+    except RemoteProtocolError as exc:
+        click.echo("decision: REFUSED (verification failed)")
+        click.echo(f"reason: {exc.reason.value}")
+        click.echo(f"detail: {exc.detail}" + (f" at byte {exc.offset}" if exc.offset else ""))
+        raise SystemExit(EXIT_REFUSED) from None
+    decision = decide(verified, store, now)
+    click.echo(f"decision: {'ALLOW' if decision.allow else 'DENY'}")
+    click.echo(f"rule: {decision.rule}")
+    click.echo(f"reason: {decision.reason.value}")
+    click.echo(explain(decision, verified, store, now=now))
+    if not decision.allow:
+        raise SystemExit(EXIT_REFUSED)
+    if payload_out is not None:
+        try:
+            Path(payload_out).write_bytes(payload)
+        except OSError as exc:
+            raise UserFacingError(f"{payload_out}: cannot write: {exc.strerror}") from None

@@ -121,6 +121,9 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.clock = clock
         self.replay = ReplayWindow(capacity=settings.replay_capacity)
+        # Ids put back into the replay window from the audit log after a restart: decided
+        # before the crash, but whether the next hop got them is unknown (see _decide).
+        self.recovered: set[bytes] = set()
         self.ready = False
         self.draining = False
         self.bound: dict[str, int] = {}
@@ -228,7 +231,9 @@ class Gateway:
                         return
                 transport = tls
             await self._serve_connection(FramedChannel(transport), Arrival(spec.network, peer))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+        # except*: the connection's reader runs in a nursery, so transport errors come wrapped
+        # in an ExceptionGroup; unwrapped they would cancel the listener and the whole gateway.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
             pass
         finally:
             await trio.aclose_forcefully(transport)
@@ -267,11 +272,13 @@ class Gateway:
                             break
                         case _:
                             raise LocalProtocolError(f"unexpected {type(event).__name__}")
-        except FramingError as exc:
-            self._reject(arrival, exc)
-            await channel.send_goaway(exc.error_hint.reason)
-        except LocalProtocolError as exc:
-            self._reject(arrival, exc)
+        except* FramingError as group:  # raised inside the nursery: always wrapped
+            framing_error = group.exceptions[0]
+            assert isinstance(framing_error, FramingError)
+            self._reject(arrival, framing_error)
+            await channel.send_goaway(framing_error.error_hint.reason)
+        except* LocalProtocolError as group:
+            self._reject(arrival, group.exceptions[0])
             await channel.send_goaway(Reason.MALFORMED)
         finally:
             self._live.channels.discard(channel)
@@ -286,6 +293,21 @@ class Gateway:
         outcome = process(
             data, arrival=arrival, state=self.state, replay=self.replay, now=int(self.clock())
         )
+        if (
+            isinstance(outcome, Refuse)
+            and outcome.reason is Reason.REPLAYED
+            and outcome.claims is not None
+            and outcome.claims.envelope_id in self.recovered
+        ):
+            # Allowed before a crash, but the sender never got a receipt and the hand-off may
+            # not have happened: refusing the retry as "replayed" would tell the sender it was
+            # delivered and lose it. Forward it once more (fully re-verified); the final
+            # receiver deduplicates by envelope id.
+            self.recovered.discard(outcome.claims.envelope_id)
+            self.replay.forget(outcome.claims.envelope_id)
+            outcome = process(
+                data, arrival=arrival, state=self.state, replay=self.replay, now=int(self.clock())
+            )
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
         return outcome
 

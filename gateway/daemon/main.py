@@ -29,6 +29,7 @@ from config.gateway import (
     GatewayConfig,
     IdentitySource,
     LogFormat,
+    Peer,
     load_gateway_config,
 )
 from gateway.audit.record import Decision as AuditDecision
@@ -48,7 +49,16 @@ from gateway.metrics import GatewayMetrics
 from gateway.replay import ReplayWindow
 from gateway.spool import Spool
 from identity.anchors import AnchorKeyPair
+from identity.bundle import TrustBundle
+from identity.bundle_endpoint import (
+    MIN_REFRESH,
+    BundleFetchError,
+    fetch_bundle,
+    refresh_interval,
+    web_context,
+)
 from identity.sources import FileSource, SourceStatus, SvidSource, WorkloadApiSource, watch
+from identity.spiffe_id import TrustDomain
 
 log = logging.getLogger("sluice.daemon")
 
@@ -91,8 +101,11 @@ def identity_source(cfg: GatewayConfig) -> SvidSource:
     return FileSource(ident.cert_chain, ident.private_key, {ident.trust_domain: ident.bundle})
 
 
-def restore_replay_window(path: Path, replay: ReplayWindow, now: int) -> int:
-    """Re-record the ids this gateway forwarded within the longest envelope lifetime."""
+def restore_replay_window(
+    path: Path, replay: ReplayWindow, now: int, recovered: set[bytes] | None = None
+) -> int:
+    """Re-record the ids this gateway forwarded within the longest envelope lifetime (and add
+    them to ``recovered``: their hand-off to the next hop is not known)."""
     if not path.exists():
         return 0
     horizon = now - envelope_limits.MAX_LIFETIME - envelope_limits.CLOCK_SKEW
@@ -105,6 +118,8 @@ def restore_replay_window(path: Path, replay: ReplayWindow, now: int) -> int:
         replay.record(
             entry.record.envelope_id, entry.ts_ms // 1000 + envelope_limits.MAX_LIFETIME, now
         )
+        if recovered is not None:
+            recovered.add(entry.record.envelope_id)
         restored += 1
     return restored
 
@@ -128,8 +143,11 @@ async def run_gateway(
     try:
         snapshot = await trio.to_thread.run_sync(source.wait_ready, IDENTITY_WAIT)
         anchor = load_anchor(cfg)
+        fetched: dict[TrustDomain, TrustBundle] = {}
+        for peer in cfg.peers:
+            await _fetch_peer_bundle(peer, fetched)
         now = int(clock())
-        built = build(cfg, snapshot, anchor, now)
+        built = build(cfg, snapshot, anchor, now, fetched)
         write_own_endorsement(cfg, built.own_endorsement)
         tls = TlsMaterial(cfg)
         tls.update(snapshot, built.bundles)
@@ -149,52 +167,92 @@ async def run_gateway(
                 metrics=metrics,
                 clock=clock,
             )
-            restored = restore_replay_window(cfg.audit.path, gateway.replay, now)
+            restored = restore_replay_window(
+                cfg.audit.path, gateway.replay, now, gateway.recovered
+            )
             log.info("replay window restored with %d recent envelope ids", restored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(gateway.serve)
-                nursery.start_soon(_follow_identity, source, cfg, anchor, gateway, tls, clock)
-                nursery.start_soon(
-                    _signals,
-                    config_path,
-                    cfg,
-                    anchor,
-                    source,
-                    gateway,
-                    tls,
-                    clock,
-                    nursery.cancel_scope,
-                )
+                rebuild = _Rebuilder(cfg, anchor, source, gateway, tls, clock, fetched)
+                nursery.start_soon(_follow_identity, source, rebuild, gateway)
+                nursery.start_soon(_refresh_bundles, rebuild)
+                nursery.start_soon(_signals, config_path, rebuild, gateway, nursery.cancel_scope)
                 task_status.started(gateway)
     finally:
         source.close()
 
 
-def _rebuild(
-    cfg: GatewayConfig,
-    anchor: AnchorKeyPair,
-    source: SvidSource,
-    gateway: Gateway,
-    tls: TlsMaterial,
-    clock: Callable[[], float],
-) -> None:
-    snapshot = source.current()
-    if snapshot is None:
-        return
-    built = build(cfg, snapshot, anchor, int(clock()))
-    write_own_endorsement(cfg, built.own_endorsement)
-    tls.update(snapshot, built.bundles)
-    gateway.update_state(built.state)
+class _Rebuilder:
+    """Rebuilds and swaps the gateway's state from the current config, identity and bundles."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        anchor: AnchorKeyPair,
+        source: SvidSource,
+        gateway: Gateway,
+        tls: TlsMaterial,
+        clock: Callable[[], float],
+        fetched: dict[TrustDomain, TrustBundle],
+    ) -> None:
+        self.cfg = cfg
+        self.anchor = anchor
+        self.source = source
+        self.gateway = gateway
+        self.tls = tls
+        self.clock = clock
+        self.fetched = fetched
+
+    def __call__(self) -> None:
+        """Raises ValueError/OSError (ConfigError, InvalidBundle, ...): nothing was swapped."""
+        snapshot = self.source.current()
+        if snapshot is None:
+            return
+        built = build(self.cfg, snapshot, self.anchor, int(self.clock()), self.fetched)
+        write_own_endorsement(self.cfg, built.own_endorsement)
+        self.tls.update(snapshot, built.bundles)
+        self.gateway.update_state(built.state)
 
 
-async def _follow_identity(
-    source: SvidSource,
-    cfg: GatewayConfig,
-    anchor: AnchorKeyPair,
-    gateway: Gateway,
-    tls: TlsMaterial,
-    clock: Callable[[], float],
-) -> None:
+async def _fetch_peer_bundle(peer: Peer, fetched: dict[TrustDomain, TrustBundle]) -> bool:
+    """Fetch one peer's bundle from its endpoint into ``fetched``; True when it changed."""
+    if peer.bundle_endpoint is None:
+        return False
+    try:
+        bundle = await fetch_bundle(
+            peer.bundle_endpoint, peer.trust_domain, context=web_context(peer.bundle_endpoint_ca)
+        )
+    except BundleFetchError as exc:
+        log.error("bundle endpoint of peer %s: %s (keeping the last good bundle)", peer.name, exc)
+        return False
+    changed = fetched.get(peer.trust_domain) != bundle
+    fetched[peer.trust_domain] = bundle
+    return changed
+
+
+async def _refresh_bundles(rebuild: _Rebuilder) -> None:
+    """Refresh every peer's endpoint bundle at its refresh hint; rebuild when one changed."""
+    while True:
+        peers = [p for p in rebuild.cfg.peers if p.bundle_endpoint is not None]
+        hints = [
+            refresh_interval(rebuild.fetched[p.trust_domain])
+            for p in peers
+            if p.trust_domain in rebuild.fetched
+        ]
+        await trio.sleep(min(hints, default=MIN_REFRESH))
+        changed = False
+        for peer in peers:
+            changed = await _fetch_peer_bundle(peer, rebuild.fetched) or changed
+        if changed:
+            try:
+                rebuild()
+            except (ValueError, OSError) as exc:
+                log.error("refreshed peer bundle not applied: %s", exc)
+                continue
+            log.info("peer bundles refreshed from their endpoints")
+
+
+async def _follow_identity(source: SvidSource, rebuild: _Rebuilder, gateway: Gateway) -> None:
     send, receive = trio.open_memory_channel[SourceStatus](0)
     async with trio.open_nursery() as nursery:
         first = await nursery.start(watch, source, send)
@@ -206,7 +264,7 @@ async def _follow_identity(
                 continue
             version = status.snapshot.version
             try:
-                _rebuild(cfg, anchor, source, gateway, tls, clock)
+                rebuild()
             except (ValueError, OSError) as exc:
                 log.error("identity rotation not applied: %s", exc)
                 continue
@@ -215,22 +273,17 @@ async def _follow_identity(
 
 
 async def _signals(
-    config_path: Path,
-    cfg: GatewayConfig,
-    anchor: AnchorKeyPair,
-    source: SvidSource,
-    gateway: Gateway,
-    tls: TlsMaterial,
-    clock: Callable[[], float],
-    scope: trio.CancelScope,
+    config_path: Path, rebuild: _Rebuilder, gateway: Gateway, scope: trio.CancelScope
 ) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
+                previous = rebuild.cfg
                 try:
-                    cfg = load_gateway_config(config_path)
-                    _rebuild(cfg, anchor, source, gateway, tls, clock)
+                    rebuild.cfg = load_gateway_config(config_path)
+                    rebuild()
                 except (ConfigError, ValueError, OSError) as exc:
+                    rebuild.cfg = previous
                     gateway.metrics.config_reloads.labels(result="error").inc()
                     log.error(
                         "reload refused, keeping the running config: %s",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from gateway.pipeline import FederationScopes, GatewayState
 from gateway.policy.files import load_policy_store
 from gateway.router import RouteEntry, Router, RouteTarget
 from identity.anchors import AnchorKeyPair, load_private_key, write_file_atomic
-from identity.bundle import BundleSet, load_bundle_file
+from identity.bundle import BundleSet, TrustBundle, load_bundle_file
 from identity.endorsement import endorse, verify_endorsement
 from identity.registry import AnchorRegistry, RegistryBuilder, load_registry, load_revocations
 from identity.sources import IdentitySnapshot
@@ -54,9 +54,17 @@ def tier_names(cfg: GatewayConfig) -> TierNames:
     return TierNames(tuple((tier.name, tier.level) for tier in cfg.trust.tiers))
 
 
-def load_bundles(cfg: GatewayConfig, snapshot: IdentitySnapshot) -> BundleSet:
-    """The snapshot's bundles, plus configured bundle files and peers' bundle files."""
+def load_bundles(
+    cfg: GatewayConfig,
+    snapshot: IdentitySnapshot,
+    fetched: Mapping[TrustDomain, TrustBundle] | None = None,
+) -> BundleSet:
+    """The snapshot's bundles, plus configured bundle files, peers' bundle files and bundles
+    fetched from peers' bundle endpoints."""
     bundles = snapshot.bundles
+    for bundle in (fetched or {}).values():
+        if bundle.trust_domain not in bundles:
+            bundles = bundles.with_bundle(bundle)
     for entry in cfg.trust.bundles:
         if entry.trust_domain not in bundles:
             bundles = bundles.with_bundle(load_bundle_file(entry.path, entry.trust_domain))
@@ -125,14 +133,20 @@ def build_router(cfg: GatewayConfig) -> Router:
     return Router.build(entries)
 
 
-def build(cfg: GatewayConfig, snapshot: IdentitySnapshot, anchor: AnchorKeyPair, now: int) -> Built:
+def build(
+    cfg: GatewayConfig,
+    snapshot: IdentitySnapshot,
+    anchor: AnchorKeyPair,
+    now: int,
+    fetched: Mapping[TrustDomain, TrustBundle] | None = None,
+) -> Built:
     """Build one generation of state.
 
     Raises:
         ConfigError, InvalidEndorsement, InvalidBundle, OSError, LineageError: the config's files
             are not usable; the caller keeps the previous generation.
     """
-    bundles = load_bundles(cfg, snapshot)
+    bundles = load_bundles(cfg, snapshot, fetched)
     own = endorse_own_anchor(anchor, snapshot, now)
     registry = build_registry(cfg, bundles, own, now)
     policies = load_policy_store([scope.policy for scope in cfg.scopes], tiers=tier_names(cfg))

@@ -539,7 +539,7 @@ def _report_findings(inv: Inventory, report: WeaveReport) -> list[Finding]:
         out.append(Finding(severity, code, node, message))
 
     if not report.ready:
-        add(Severity.ERROR, FindingCode.WEAVE_NOT_READY, f"Weave router not Ready ({report.source})")
+        add(Severity.ERROR, FindingCode.WEAVE_NOT_READY, f"router not Ready ({report.source})")
     if report.ipam_range != inv.weave.ipalloc_range:
         add(
             Severity.ERROR,
@@ -672,7 +672,8 @@ def render_text(inv: Inventory, findings: Sequence[Finding]) -> str:
         f"Conn limit:     {w.conn_limit} (CONN_LIMIT)",
         f"Encryption:     {'on (WEAVE_PASSWORD set)' if w.encrypted else 'off'}",
         f"Service CIDRs:  {', '.join(map(str, inv.service_cidrs)) or '(not given)'}",
-        f"NetworkPolicies: {inv.network_policies if inv.network_policies is not None else '(not read)'}",
+        "NetworkPolicies: "
+        + (str(inv.network_policies) if inv.network_policies is not None else "(not read)"),
         "",
         "node               role           ready  weave  peers  conns (est/total)  podCIDRs",
     ]

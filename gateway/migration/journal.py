@@ -1,4 +1,4 @@
-"""Theory of operation: the migration journal, an append-only, hash-chained, fsynced JSON-lines file.
+"""Theory of operation: the migration journal, append-only, hash-chained, fsynced JSON lines.
 
 Every stage transition is a record, written and fsynced *before* the next thing happens:
 
@@ -42,7 +42,9 @@ MAX_LINE_BYTES = 64 * 1024
 MAX_JOURNAL_BYTES = 256 * 1024 * 1024
 _GENESIS = hashlib.blake2b(b"sluice migration journal v1\x00", digest_size=32).hexdigest()
 
-EVENTS = ("journal", "attempt", "blocked", "begin", "done", "failed", "probe", "verified", "complete")
+EVENTS = (
+    "journal", "attempt", "blocked", "begin", "done", "failed", "probe", "verified", "complete",
+)
 
 
 class JournalError(Exception):

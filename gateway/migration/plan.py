@@ -49,7 +49,9 @@ DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_NODE_MASK = 24
 DEFAULT_HOOKS: Mapping[str, tuple[str, ...]] = {
     "reboot_node": ("ssh", "{node}", "sudo", "systemctl", "reboot"),
-    "remove_cilium_cni_conf": ("ssh", "{node}", "sudo", "rm", "-f", "/etc/cni/net.d/05-cilium.conflist"),
+    "remove_cilium_cni_conf": (
+        "ssh", "{node}", "sudo", "rm", "-f", "/etc/cni/net.d/05-cilium.conflist",
+    ),
 }
 
 

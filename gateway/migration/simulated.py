@@ -125,7 +125,7 @@ class SimulatedCluster:
         node: dict[str, Any] = self._state["nodes"][action.node or ""]
         return node
 
-    def _apply(self, action: Action) -> None:
+    def _apply(self, action: Action) -> None:  # noqa: PLR0915 - one flat dispatch per kind
         s = self._state
         now_ms = int(time.time() * 1000)
         match action.kind:

@@ -121,21 +121,35 @@ def test_a_directory_reports_every_file_at_once(tmp_path: Path) -> None:
     ("snippet", "expected"),
     [
         ("spec: {podSelector: {}, ingres: []}", "spec.ingres: unknown field"),
-        ("spec: {podSelector: {matchLabels: {app: 7}}}", "spec.podSelector.matchLabels.app: "
-         "expected a string, found a number (7)"),
-        ("spec: {podSelector: {}, policyTypes: [Ingress, Ingress]}",
-         "spec.policyTypes[1]: 'Ingress' is listed twice"),
-        ("spec: {podSelector: {}, egress: [{ports: [{port: 70000}]}]}",
-         "spec.egress[0].ports[0].port: expected a port number from 1 to 65535, found 70000"),
-        ("spec: {podSelector: {}, egress: [{ports: [{port: 80, endPort: 79}]}]}",
-         "spec.egress[0].ports[0].endPort: expected 80..65535"),
-        ("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, "
-         "except: [11.0.0.0/16]}}]}]}",
-         "spec.ingress[0].from[0].ipBlock.except[0]: 11.0.0.0/16 is not inside cidr 10.0.0.0/8"),
-        ("spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}",
-         "spec.podSelector.matchExpressions[0].values: operator In needs at least one value"),
-        ("spec: {podSelector: {}, ingress: [{from: [{}]}]}",
-         "spec.ingress[0].from[0]: a peer needs podSelector, namespaceSelector or ipBlock"),
+        (
+            "spec: {podSelector: {matchLabels: {app: 7}}}",
+            "spec.podSelector.matchLabels.app: expected a string, found a number (7)",
+        ),
+        (
+            "spec: {podSelector: {}, policyTypes: [Ingress, Ingress]}",
+            "spec.policyTypes[1]: 'Ingress' is listed twice",
+        ),
+        (
+            "spec: {podSelector: {}, egress: [{ports: [{port: 70000}]}]}",
+            "spec.egress[0].ports[0].port: expected a port number from 1 to 65535, found 70000",
+        ),
+        (
+            "spec: {podSelector: {}, egress: [{ports: [{port: 80, endPort: 79}]}]}",
+            "spec.egress[0].ports[0].endPort: expected 80..65535",
+        ),
+        (
+            "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, "
+            "except: [11.0.0.0/16]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]: 11.0.0.0/16 is not inside cidr 10.0.0.0/8",
+        ),
+        (
+            "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+            "spec.podSelector.matchExpressions[0].values: operator In needs at least one value",
+        ),
+        (
+            "spec: {podSelector: {}, ingress: [{from: [{}]}]}",
+            "spec.ingress[0].from[0]: a peer needs podSelector, namespaceSelector or ipBlock",
+        ),
     ],
 )
 def test_field_errors(snippet: str, expected: str) -> None:
@@ -148,7 +162,9 @@ def test_field_errors(snippet: str, expected: str) -> None:
 
 
 def test_missing_namespace_means_default_and_empty_documents_are_skipped() -> None:
-    text = "---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n" \
+    text = (
+        "---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
         "metadata: {name: x}\nspec: {podSelector: {}}\n"
+    )
     (policy,) = parse_text(text, "f.yaml").policies
     assert policy.key == "default/x" and policy.source.document == 2

@@ -157,6 +157,7 @@ class Audit:
     path: Path
     fsync: FsyncPolicy
     fsync_interval_ms: int
+    keep_envelopes: bool = False  # raw envelope bytes in each record, for offline replay
 
 
 @dataclass(frozen=True, slots=True)

@@ -336,6 +336,7 @@ def read_audit(f: Fields) -> Audit:
         f.path_value("path", "state/audit.log"),
         choice(f, "fsync", FsyncPolicy, FsyncPolicy.ALWAYS),
         f.integer("fsync_interval_ms", 100, low=1, high=10_000),
+        f.boolean("keep_envelopes", False),
     )
     if audit.fsync is FsyncPolicy.ALWAYS and f.has("fsync_interval_ms"):
         f.problem("fsync_interval_ms", "only used with fsync = 'interval'")

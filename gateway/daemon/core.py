@@ -89,6 +89,7 @@ class GatewaySettings:
     max_in_flight: int = 64
     max_frame_bytes: int = 1089608
     replay_capacity: int = 1_000_000
+    keep_envelopes: bool = False  # [audit] keep_envelopes: raw bytes in each record, for replay
 
 
 @dataclass(slots=True)
@@ -385,6 +386,7 @@ class Gateway:
             policy_revision=fwd.decision.revision,
             stamps=fwd.envelope.hops,
             envelope_digest=digest(data),
+            envelope=data if self.settings.keep_envelopes else None,
         )
 
     def _refusal_record(self, data: bytes, arrival: Arrival, refuse: Refuse) -> AuditRecord:
@@ -406,6 +408,7 @@ class Gateway:
             policy_revision=decision.revision if decision else b"",
             stamps=_stamp_count(data),
             envelope_digest=digest(data),
+            envelope=data if self.settings.keep_envelopes else None,
         )
 
     async def _audit_delivery_failure(
@@ -438,6 +441,7 @@ class Gateway:
             policy_revision=b"",
             stamps=_stamp_count(data),
             envelope_digest=digest(data),
+            envelope=data if self.settings.keep_envelopes else None,
         )
         await self.audit.record(record)
 

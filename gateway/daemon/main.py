@@ -167,9 +167,7 @@ async def run_gateway(
                 metrics=metrics,
                 clock=clock,
             )
-            restored = restore_replay_window(
-                cfg.audit.path, gateway.replay, now, gateway.recovered
-            )
+            restored = restore_replay_window(cfg.audit.path, gateway.replay, now, gateway.recovered)
             log.info("replay window restored with %d recent envelope ids", restored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(gateway.serve)

@@ -250,6 +250,7 @@ def settings_for(cfg: GatewayConfig, tls: TlsMaterial) -> GatewaySettings:
         max_in_flight=limits.max_in_flight,
         max_frame_bytes=limits.max_frame_bytes,
         replay_capacity=limits.replay_window_capacity,
+        keep_envelopes=cfg.audit.keep_envelopes,
     )
 
 

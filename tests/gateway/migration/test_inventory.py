@@ -196,9 +196,9 @@ MALFORMED = [
     ("daemonset", "weave-net.yaml", "spec: [unclosed\n",
      "weave-net.yaml: invalid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"),
     ("nodes", "nodes.yaml", NODES.replace("podCIDR: 10.244.2.0/24", "podCIDR: 10.244.2.0/24")
-     .replace("podCIDRs: [10.244.2.0/24]", "podCIDRs: [10.244.2.0]"),
+     .replace("podCIDRs: [10.244.2.0/24]", "podCIDRs: [10.244.2.1/24]"),
      "nodes.yaml: items[1].spec.podCIDRs[0]: expected a CIDR such as 10.32.0.0/12, found "
-     "'10.244.2.0'"),
+     "'10.244.2.1/24'"),
     ("nodes", "nodes.yaml", NODES.replace("address: 192.168.10.13", "address: 192.168.10.300"),
      "nodes.yaml: items[1].status.addresses[0].address: expected an IP address, found "
      "'192.168.10.300'"),

@@ -174,7 +174,7 @@ def test_bad_inputs_exit_3_on_one_line(world: Topology, tmp_path: Path) -> None:
     runner = CliRunner()
     cases = [
         (["--bundle", "nonsense"], "expected TRUST_DOMAIN=PATH"),
-        (["--bundle", f"{WEAVE.name}={tmp_path / 'nope.pem'}"], "cannot read"),
+        (["--bundle", f"other.example={tmp_path / 'nope.pem'}"], "cannot read"),
         (["--unseal-key", str(tmp_path / "nope.key")], "cannot read"),
         (["--endorsement", str(tmp_path / "nope.endorsement")], "cannot read"),
     ]

@@ -66,7 +66,7 @@ listen = "192.0.2.10:8443"
 
 [[scopes]]
 name = "payments/ledger"
-policy = "policies/ledger.cbor"
+policy = "policies/ledger.toml"
 
 [[peers]]
 name = "gw-b"
@@ -149,7 +149,7 @@ def test_defaults() -> None:
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg = _load(BASE, tmp_path / "etc" / "gw.toml")
     assert cfg.anchor.private_key == tmp_path / "etc" / "anchor.pem"
-    assert cfg.scopes[0].policy == tmp_path / "etc" / "policies" / "ledger.cbor"
+    assert cfg.scopes[0].policy == tmp_path / "etc" / "policies" / "ledger.toml"
 
 
 def test_frame_cap_agrees_with_framing() -> None:
@@ -333,7 +333,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         [
-            ("", '\n[[scopes]]\nname = "payments/ledger"\npolicy = "policies/other.cbor"\n'),
+            ("", '\n[[scopes]]\nname = "payments/ledger"\npolicy = "policies/other.toml"\n'),
         ],
         [
             "gw.toml:47: scopes[1].name: duplicate name 'payments/ledger' (first in scopes[0])",
@@ -342,7 +342,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         [
-            ('policy = "policies/ledger.cbor"', 'policy = "policies/ledger.cbor"\ntier = "secret"'),
+            ('policy = "policies/ledger.toml"', 'policy = "policies/ledger.toml"\ntier = "secret"'),
         ],
         [
             "gw.toml:27: scopes[0].tier: unknown key",
@@ -772,15 +772,15 @@ def test_example_passes_the_file_check_once_its_files_exist(example: Path, tmp_p
 def test_file_check_names_each_missing_file(tmp_path: Path) -> None:
     target = _materialise(EXAMPLES / "gateway-federation-weave.toml", tmp_path)
     (tmp_path / "bundles" / "cilium.pem").unlink()
-    (tmp_path / "policies" / "orders-intake.cbor").unlink()
-    (tmp_path / "policies" / "orders-intake.cbor").mkdir()
+    (tmp_path / "policies" / "orders-intake.toml").unlink()
+    (tmp_path / "policies" / "orders-intake.toml").mkdir()
     with pytest.raises(ConfigError) as info:
         load_gateway_config(target, check_files=True)
     assert [str(p) for p in info.value.problems] == [
         f'{target}:22: trust.bundles."cilium.prod.example": '
         f"file not found: {tmp_path}/bundles/cilium.pem",
         f"{target}:36: scopes[0].policy: "
-        f"not a regular file: {tmp_path}/policies/orders-intake.cbor",
+        f"not a regular file: {tmp_path}/policies/orders-intake.toml",
         f"{target}:43: peers[0].bundle: file not found: {tmp_path}/bundles/cilium.pem",
     ]
 
@@ -860,7 +860,7 @@ def test_real_subprocess(tmp_path: Path) -> None:
         "ok: 2 networks, 1 scope, 1 peer, 2 routes\n",
         "",
     )
-    (tmp_path / "policies" / "finance-ledger.cbor").unlink()
+    (tmp_path / "policies" / "finance-ledger.toml").unlink()
     bad = subprocess.run(
         [str(sluice), "config", "check", str(target)],
         capture_output=True,
@@ -870,7 +870,7 @@ def test_real_subprocess(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert bad.stdout == (
-        f"{target}:32: scopes[0].policy: file not found: {tmp_path}/policies/finance-ledger.cbor\n"
+        f"{target}:32: scopes[0].policy: file not found: {tmp_path}/policies/finance-ledger.toml\n"
     )
     missing = subprocess.run(
         [str(sluice), "config", "check", str(tmp_path / "nope.toml")],

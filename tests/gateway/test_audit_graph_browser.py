@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+from playwright.sync_api import Page, Route, sync_playwright
 
 from gateway.audit.graph import graph_from_log
 from gateway.audit.html import render_html
@@ -33,7 +34,6 @@ CHROMIUM_ARGS = [
 ]
 SHOT_COPY = Path("/tmp/sluice-graph.png")
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def time_limit() -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def drawn(page: sync_api.Page, kind: str) -> list[str]:
+def drawn(page: Page, kind: str) -> list[str]:
     """Names of the drawn elements of ``kind`` (flows as ``origin>destination:decision``)."""
     result: list[str] = page.evaluate(
         """(kind) => [...document.querySelectorAll(`#graph [data-kind="${kind}"]`)]
@@ -66,7 +66,7 @@ def drawn(page: sync_api.Page, kind: str) -> list[str]:
     return result
 
 
-def click_flow(page: sync_api.Page, origin: str, dest: str, decision: str) -> None:
+def click_flow(page: Page, origin: str, dest: str, decision: str) -> None:
     """Click, with the mouse, a point on the drawn curve of a flow (its bounding box centre
     may lie off the curve)."""
     point = page.evaluate(
@@ -92,14 +92,14 @@ def test_graph_page_in_chromium(tmp_path: Path, time_limit: None) -> None:
     url = page_file.as_uri()
     requests: list[str] = []
 
-    with sync_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                      headless=True, timeout=30_000)
         try:
             context = browser.new_context(viewport={"width": 1440, "height": 900},
                                           service_workers="block")
 
-            def route(r: sync_api.Route) -> None:
+            def route(r: Route) -> None:
                 requests.append(r.request.url)
                 if r.request.url == url:
                     r.continue_()
@@ -132,7 +132,7 @@ def test_graph_page_in_chromium(tmp_path: Path, time_limit: None) -> None:
     assert sorted(requests) == [url, "seen:" + url], requests
 
 
-def run_checks(page: sync_api.Page) -> None:
+def run_checks(page: Page) -> None:
     # Our one script ran under the page's CSP (allowed by its hash), and nothing was violated.
     assert page.evaluate("window.__csp") == []
     # The crafted scope name is text in a label, not markup; its script never ran.

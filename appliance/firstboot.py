@@ -198,9 +198,9 @@ def _content(entry: dict[object, object], key: str, source: str) -> bytes:
         if encoding in ("text/plain", ""):
             return content.encode()
         if encoding in ("b64", "base64"):
-            return base64.b64decode(content, validate=False)
+            return base64.b64decode(_squeeze(content), validate=True)
         if encoding in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
-            data = gzip.decompress(base64.b64decode(content, validate=False))
+            data = gzip.decompress(base64.b64decode(_squeeze(content), validate=True))
             if len(data) > MAX_USER_DATA_BYTES:
                 raise UserDataError(f"{source}: {key}.content: larger than the limit once unzipped")
             return data
@@ -211,6 +211,11 @@ def _content(entry: dict[object, object], key: str, source: str) -> bytes:
     raise UserDataError(
         f"{source}: {key}.encoding: {encoding!r} not supported (text/plain, b64, gz+b64)"
     )
+
+
+def _squeeze(b64: str) -> str:
+    """Base64 as YAML block scalars carry it: line breaks and spaces are not part of the data."""
+    return "".join(b64.split())
 
 
 def _mode(entry: dict[object, object], key: str, source: str) -> int:

@@ -106,11 +106,26 @@ class Sender:
             return SendResult(False, receipt.reason, receipt.detail, attempts)
 
 
+class SinkRefusal(Exception):
+    """Raised by :meth:`Sink.accept` to refuse an envelope with a NACK of ``reason``; nothing was
+    delivered. ``Reason.OVERLOADED`` asks the sender to retry (gateways then forget the id);
+    other reasons are final."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
 class Sink(Protocol):
     """Where a receiver hands verified envelopes."""
 
     async def accept(self, envelope: VerifiedEnvelope) -> bool:
-        """Deliver it; return False when this envelope id was already delivered."""
+        """Deliver it; return False when this envelope id was already delivered.
+
+        Raises:
+            SinkRefusal: not delivered; the receipt is a NACK with its reason.
+        """
         ...
 
 
@@ -205,6 +220,10 @@ async def _settle(cid: int, data: bytes, resolver: AnchorResolver, sink: Sink, n
         reason = Reason.UNAUTHENTICATED if exc.reason in PRE_AUTHENTICATION else exc.reason
         log.info("receiver refused an envelope: %s", exc)
         return Receipt.nack(cid, reason)
-    if not await sink.accept(envelope):
+    try:
+        accepted = await sink.accept(envelope)
+    except SinkRefusal as exc:
+        return Receipt.nack(cid, exc.reason, exc.detail)
+    if not accepted:
         return Receipt.nack(cid, Reason.REPLAYED, "already delivered")
     return Receipt.ack(cid)

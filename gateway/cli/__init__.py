@@ -12,6 +12,8 @@ from gateway.cli.envelope_cmd import envelope
 from gateway.cli.firstboot_cmd import firstboot
 from gateway.cli.migrate_cmd import migrate
 from gateway.cli.run_cmd import demo, run
+from gateway.cli.send_cmd import receive, send
+from gateway.cli.shim_cmd import shim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,4 +30,7 @@ main.add_command(audit)
 main.add_command(run)
 main.add_command(demo)
 main.add_command(firstboot)
+main.add_command(send)
+main.add_command(receive)
+main.add_command(shim)
 main.add_command(migrate)

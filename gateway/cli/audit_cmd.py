@@ -13,6 +13,7 @@ from gateway.audit import verify as verify_log
 from gateway.audit.graph import GraphFilter, graph_from_log
 from gateway.audit.html import render_html
 from gateway.audit.render import render_dot, render_json
+from gateway.cli.audit_replay_cmd import evidence_group, replay_cmd
 from gateway.cli.common import EXIT_REFUSED, UserFacingError
 
 _COLUMNS = ("seq", "time", "decision", "reason", "envelope", "scopes", "from", "to", "rule")
@@ -195,3 +196,7 @@ def graph_cmd(
     except OSError as exc:
         raise UserFacingError(f"{out}: cannot write: {exc.strerror}") from None
     click.echo(f"wrote {out}: {graph.records} decisions, {len(graph.flows)} flows", err=True)
+
+
+audit.add_command(replay_cmd)
+audit.add_command(evidence_group)

@@ -238,6 +238,10 @@ def _runner(
                      resolve=resolve, echo=click.echo)
 
 
+class _NothingToDo(Exception):
+    pass
+
+
 def _target(runner: Runner, stage: str | None, node: str | None) -> tuple[Stage, str | None]:
     if node is not None:
         try:
@@ -249,7 +253,7 @@ def _target(runner: Runner, stage: str | None, node: str | None) -> tuple[Stage,
         return Stage(stage), None
     nxt = runner.next_unit()
     if nxt is None:
-        raise UserFacingError("nothing to do: every stage is done", 0)
+        raise _NothingToDo
     return nxt
 
 
@@ -286,7 +290,12 @@ def advance(
         _preview(load_plan(plan_path), journal_path, stage, node, artifacts_dir)
         return
     with _runner(plan_path, journal_path, simulate, artifacts_dir, resolve) as runner:
-        _run(runner, *_target(runner, stage, node), Direction.ADVANCE, irreversible)
+        try:
+            target = _target(runner, stage, node)
+        except _NothingToDo:
+            click.echo("nothing to do: every stage is done")
+            return
+        _run(runner, *target, Direction.ADVANCE, irreversible)
 
 
 def _preview(
@@ -330,7 +339,8 @@ def rollback(plan_path: Path, journal_path: Path, node: str | None, stage: str |
         else:
             last = runner.last_cluster_stage()
             if last is None:
-                raise UserFacingError("nothing to roll back", 0)
+                click.echo("nothing to roll back")
+                return
             target = (last, None)
         _run(runner, *target, Direction.ROLLBACK, False)
 
@@ -342,7 +352,10 @@ def verify(plan_path: Path, journal_path: Path, node: str | None, stage: str | N
            artifacts_dir: Path, simulate: Path | None) -> None:
     """Run a unit's verification now (probes included) and journal the result."""
     with _runner(plan_path, journal_path, simulate, artifacts_dir) as runner:
-        target = _target(runner, stage, node)
+        try:
+            target = _target(runner, stage, node)
+        except _NothingToDo:
+            raise UserFacingError("name the unit to verify: --stage or --node") from None
         uid = unit_id(*target)
         try:
             problems = runner.verify(target[0], target[1], Direction.ADVANCE)

@@ -15,11 +15,12 @@ closed) until writes succeed again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AuditEntry, AuditRecord
 from gateway.audit.writer import AuditLog
 
 log = logging.getLogger("sluice.audit")
@@ -42,9 +43,17 @@ class _Waiter:
 class AuditSink:
     """The gateway's single path into its audit log."""
 
-    def __init__(self, audit_log: AuditLog) -> None:
+    def __init__(
+        self, audit_log: AuditLog, *, observer: Callable[[AuditEntry], None] | None = None
+    ) -> None:
         self.log = audit_log
+        # Sees every committed entry, in order (the live governance graph feeds on it).
+        self._observer = observer
         self._send, self._receive = trio.open_memory_channel[_Waiter](QUEUE_LENGTH)
+
+    def observe(self, observer: Callable[[AuditEntry], None]) -> None:
+        """Call ``observer`` with every entry committed from now on."""
+        self._observer = observer
 
     async def record(self, record: AuditRecord) -> None:
         """Append ``record``; return once the writer has committed it.
@@ -72,10 +81,14 @@ class AuditSink:
             error = ""
             try:
                 # Not cancellable: a half-done append must finish so the chain stays consistent.
-                await trio.to_thread.run_sync(self.log.append_many, records)
+                entries = await trio.to_thread.run_sync(self.log.append_many, records)
             except (OSError, ValueError) as exc:
                 error = f"audit log write failed: {exc}"
                 log.error(error)
+            else:
+                if self._observer is not None:
+                    for entry in entries:
+                        self._observer(entry)
             for waiter in batch:
                 waiter.error = error
                 waiter.done.set()

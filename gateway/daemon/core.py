@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from gateway.audit.graph import GraphBuilder
+from gateway.audit.html import render_html
 from gateway.audit.record import AuditRecord
 from gateway.audit.record import Decision as AuditDecision
+from gateway.audit.render import render_json
 from gateway.daemon.audit_sink import AuditSink, AuditUnavailable
 from gateway.daemon.channel import FramedChannel, HandshakeError
 from gateway.daemon.delivery import Delivery, Outcome
@@ -60,6 +63,7 @@ from gateway.spool import Spool
 log = logging.getLogger("sluice.gateway")
 
 DRAIN_TIMEOUT = 10.0
+LIVE_GRAPH_FLOWS = 20_000
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
 # Authenticates a TLS peer after the handshake; returns the federation peer's configured name.
@@ -131,6 +135,9 @@ class Gateway:
         self._live = _Live()
         self._listener_scopes: list[trio.CancelScope] = []
         self._extra_pages = dict(extra_pages or {})
+        # The live governance-flow view: fed from committed audit entries, bounded in memory.
+        self.graph = GraphBuilder(max_samples=5, max_flows=LIVE_GRAPH_FLOWS)
+        audit.observe(self.graph.add)
         hello = Hello(Role.GATEWAY, settings.name, settings.max_frame_bytes, settings.max_in_flight)
         self._hello = hello
         self.delivery = Delivery(
@@ -253,8 +260,18 @@ class Gateway:
         try:
             async with trio.open_nursery() as tasks:
                 while True:
-                    with trio.move_on_after(settings.idle_timeout) as idle:
-                        event = await channel.receive()
+                    try:
+                        with trio.move_on_after(settings.idle_timeout) as idle:
+                            event = await channel.receive()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        # The upstream is gone. Envelopes already decided (their ids are in the
+                        # replay window) still finish their hand-off; only the receipt is lost,
+                        # and the sender's retry then truthfully hears "replayed".
+                        break
+                    except FramingError as exc:
+                        self._reject(arrival, exc)
+                        await channel.send_goaway(exc.error_hint.reason)
+                        break
                     if idle.cancelled_caught:
                         await channel.send_goaway(Reason.UNAVAILABLE, "idle timeout")
                         break
@@ -460,6 +477,12 @@ class Gateway:
             "/healthz": lambda: text_page(200, "ok\n"),
             "/readyz": readyz,
         }
+        pages["/graph"] = lambda: Page(
+            200, "text/html; charset=utf-8", render_html(self.graph.snapshot())
+        )
+        pages["/graph.json"] = lambda: Page(
+            200, "application/json", render_json(self.graph.snapshot()).encode()
+        )
         pages.update(self._extra_pages)
         return pages
 

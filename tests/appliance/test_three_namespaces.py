@@ -2,12 +2,12 @@
 
 Topology (every address lives only in the namespaces this test creates)::
 
-    weave-node                      gw (the appliance)                     cilium-node
-    lo   10.32.1.7/32               wv0 192.168.10.5/24 ---- veth ---- wn0 192.168.10.11/24
-    wn0  192.168.10.11/24  ------   cl0 192.168.20.5/24 ---- veth ---- cn0 192.168.20.21/24
-                                    vtep0 (VXLAN, VNI 2, 8472)         vx0 (VXLAN, VNI 2, 8472,
-                                      10.47.255.1/32                        MAC = vtep_mac)
-                                                                       lo  10.48.1.15/32
+    weave-node                  gw (the appliance)                   cilium-node
+    wn0 192.168.10.11/24 <-veth-> wv0 192.168.10.5/24
+    lo  10.32.1.7/32 (pod)        cl0 192.168.20.5/24  <-veth->  cn0 192.168.20.21/24
+                                  vtep0 VXLAN VNI 2 :8472  ~~~>  vx0 VXLAN VNI 2 :8472
+                                    10.47.255.1/32                 MAC = the node's vtep_mac
+                                                                 lo  10.48.1.15/32 (pod)
 
 The gw namespace starts with nothing but two bare veth NICs (and loopback up): its addresses,
 the route to the Weave pod range via the exposed Weave node, the VXLAN VTEP with its FDB and
@@ -256,6 +256,53 @@ def names() -> Iterator[Names]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
 
 
+def _apply(gw: str, config: Path, state: Path) -> None:
+    """Build the appliance's network with ``sluice appliance apply`` and check the result."""
+    before = subprocess.run(
+        ["ip", "-n", gw, "route", "get", CILIUM_POD], capture_output=True, timeout=10, check=False
+    )
+    assert before.returncode != 0, "gw reached the Cilium pod before apply"
+    common = ("--config", str(config), "--netns", gw, "--state", str(state))
+    assert "create   link vtep0 type vxlan" in _run(SLUICE, "appliance", "apply", *common).stdout
+    assert _run(SLUICE, "appliance", "apply", *common).stdout == "no changes\n"
+    (route,) = ipj("-n", gw, "route", "get", CILIUM_POD)
+    assert (route["dev"], route["gateway"], route["prefsrc"]) == (
+        "vtep0",
+        CILIUM_NODE,
+        GW_VTEP_ADDR,
+    )
+    (back,) = ipj("-n", gw, "route", "get", WEAVE_POD)
+    assert (back["dev"], back["gateway"]) == ("wv0", WEAVE_NODE)
+
+
+def _send(weave_ns: str, topo: Topology, envelopes: list[bytes], out: Path) -> dict[str, Any]:
+    """Run the sender driver in the Weave node namespace; its JSON report."""
+    out.mkdir()
+    files = []
+    for i, data in enumerate(envelopes):
+        (out / f"{i}.cose").write_bytes(data)
+        files.append(str(out / f"{i}.cose"))
+    sent = _run(
+        *_in(weave_ns, str(BIN / "python"), "-m", "tests.appliance.drivers.sender",
+             "--gateway", f"{GW_WEAVE}:{LISTEN_PORT}", "--name", str(topo.orders.spiffe_id),
+             "--deadline", "20", "--max-seconds", "40", *files),
+        timeout=45,
+    )  # fmt: skip
+    report: dict[str, Any] = json.loads(sent.stdout)
+    return report
+
+
+def _audit_decisions(audit_log: Path) -> list[dict[str, Any]]:
+    """``sluice audit verify`` must pass; the records ``audit show --json`` prints."""
+    assert _run(SLUICE, "audit", "verify", str(audit_log)).returncode == 0
+    shown = _run(SLUICE, "audit", "show", "--json", str(audit_log)).stdout
+    return [json.loads(line) for line in shown.splitlines()]
+
+
+def _hex_id(data: bytes) -> str:
+    return decode_unverified(data).claims.envelope_id.hex()
+
+
 def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
     names: Names, tmp_path: Path
 ) -> None:
@@ -272,31 +319,15 @@ def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
         procs.append(proc)
         return proc
 
-    applied = False
+    torn_down = False
     try:
         with time_limit(TEST_SECONDS):
             _build_namespaces(names)
-            gw = names.gw
-            before = subprocess.run(
-                ["ip", "-n", gw, "route", "get", CILIUM_POD], capture_output=True, timeout=10
-            )
-            assert before.returncode != 0, "gw reached the Cilium pod before apply"
-
-            # The appliance's whole network state comes from the project's own apply.
-            common = ("--config", str(config), "--netns", gw, "--state", str(state))
-            out = _run(SLUICE, "appliance", "apply", *common).stdout
-            applied = True
-            assert "create   link vtep0 type vxlan" in out
-            assert _run(SLUICE, "appliance", "apply", *common).stdout == "no changes\n"
-            assert _run(SLUICE, "config", "check", str(config)).stdout.startswith("ok:")
-            (route,) = ipj("-n", gw, "route", "get", CILIUM_POD)
-            assert (route["dev"], route["gateway"], route["prefsrc"]) == (
-                "vtep0",
-                CILIUM_NODE,
-                GW_VTEP_ADDR,
-            )
-            (back,) = ipj("-n", gw, "route", "get", WEAVE_POD)
-            assert (back["dev"], back["gateway"]) == ("wv0", WEAVE_NODE)
+            # The appliance's whole network state comes from the project's own apply, reading
+            # the same file the daemon runs with (which the gateway's loader accepts).
+            _apply(names.gw, config, state)
+            checked = _run(SLUICE, "config", "check", "--skip-files", str(config))
+            assert checked.stdout.startswith("ok:")
 
             ready = tmp_path / "receiver.ready"
             receiver = start(
@@ -312,7 +343,9 @@ def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
                 "--max-seconds", str(TEST_SECONDS),
             )  # fmt: skip
             _wait_for(ready, receiver, 15, logs / "receiver.log")
-            gateway = start(gw, "gateway.log", SLUICE, "run", "--config", str(config), cwd=config.parent)
+            gateway = start(
+                names.gw, "gateway.log", SLUICE, "run", "--config", str(config), cwd=config.parent
+            )
             vx_before = _link_stats(names.cilium, "vx0")
 
             allowed = [envelope(topo, payload=f"order {n}: 3 units".encode()) for n in (1, 2)]
@@ -321,54 +354,47 @@ def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
                 "scope_not_endorsed": envelope(topo, origin_scope="payments/api"),
                 "lineage_revoked": envelope(topo, lineage=topo.lineage("orders/intake", number=1)),
             }
-            files = []
-            for i, data in enumerate([*allowed, *refused.values()]):
-                path = tmp_path / "out" / f"{i}.cose"
-                path.parent.mkdir(exist_ok=True)
-                path.write_bytes(data)
-                files.append(str(path))
-            sent = _run(
-                *_in(names.weave, str(BIN / "python"), "-m", "tests.appliance.drivers.sender",
-                     "--gateway", f"{GW_WEAVE}:{LISTEN_PORT}", "--name", str(topo.orders.spiffe_id),
-                     "--deadline", "20", "--max-seconds", "40", *files),
-                timeout=45,
-            )  # fmt: skip
-            report: dict[str, Any] = json.loads(sent.stdout)
-            assert report["source"] == WEAVE_POD  # the workload's traffic came from the Weave pod
+            report = _send(names.weave, topo, [*allowed, *refused.values()], tmp_path / "out")
+            assert report["source"] == WEAVE_POD  # the gateway saw the Weave pod's address
             results = report["results"]
             assert [r["delivered"] for r in results] == [True, True, False, False, False], results
             assert [r["reason"] for r in results[2:]] == list(refused), results
 
-            # Allowed envelopes arrive (the gateway may ACK once spooled: wait for the files).
-            ids = [decode_unverified(d).claims.envelope_id.hex() for d in allowed]
+            # Allowed envelopes arrive, refused ones never do. (A gateway ACKs an envelope once
+            # it is delivered or durably spooled, so wait for the files.)
+            ids = [_hex_id(d) for d in allowed]
             give_up = time.monotonic() + 15
             while not all((sink / i).exists() for i in ids) and time.monotonic() < give_up:
                 time.sleep(0.05)
             assert sorted(p.name for p in sink.iterdir()) == sorted(ids)
-            assert [(sink / i).read_bytes() for i in ids] == [b"order 1: 3 units", b"order 2: 3 units"]
+            payloads = [(sink / i).read_bytes() for i in ids]
+            assert payloads == [b"order 1: 3 units", b"order 2: 3 units"]
 
-            # The traffic crossed the VXLAN overlay apply built (no other path exists).
+            # The traffic crossed the VXLAN overlay apply built (there is no other path).
             vx_after = _link_stats(names.cilium, "vx0")
             assert vx_after[0] > vx_before[0] and vx_after[1] > vx_before[1], (vx_before, vx_after)
-            vtep_rx, vtep_tx = _link_stats(gw, "vtep0")
-            assert vtep_rx > 0 and vtep_tx > 0
+            assert all(n > 0 for n in _link_stats(names.gw, "vtep0"))
 
             _stop(gateway)
             assert gateway.returncode == 0, (logs / "gateway.log").read_text(errors="replace")
-            audit_log = config.parent / "state" / "audit.log"
-            verified = _run(SLUICE, "audit", "verify", str(audit_log))
-            assert verified.returncode == 0
-            shown = _run(SLUICE, "audit", "show", "--json", str(audit_log)).stdout
-            records = [json.loads(line) for line in shown.splitlines()]
-            decisions = {(r["envelope_id"], r["decision"], r["reason"]) for r in records}
-            assert {(i, "allow") for i in ids} <= {(e, d) for e, d, _ in decisions}
+            records = _audit_decisions(config.parent / "state" / "audit.log")
+            got = {
+                (r["envelope_id"], r["decision"], r["reason"], r["from"], r["to"]) for r in records
+            }
+            for eid in ids:
+                assert (eid, "allow", "allowed", "net:weave", "net:cilium") in got, records
             for data, reason in zip(refused.values(), refused, strict=True):
-                eid = decode_unverified(data).claims.envelope_id.hex()
-                assert (eid, "deny", reason) in decisions, records
+                assert (_hex_id(data), "deny", reason, "net:weave", "") in got, records
+
+            out = _run(SLUICE, "appliance", "teardown", "--netns", names.gw, "--state", str(state))
+            torn_down = True
+            assert "remove   link vtep0" in out.stdout
+            assert not state.exists()
+            assert "vtep0" not in ip("-n", names.gw, "link", "show")
     finally:
         for proc in procs:
             _stop(proc)
-        if applied:
+        if not torn_down:
             subprocess.run(
                 [SLUICE, "appliance", "teardown", "--netns", names.gw, "--state", str(state)],
                 capture_output=True,

@@ -60,7 +60,11 @@ async def _main(args: argparse.Namespace) -> None:
 
             async def serve(*, task_status: trio.TaskStatus[int]) -> None:
                 await serve_receiver(
-                    host, port, name=args.name, resolver=resolver, sink=sink,
+                    host,
+                    port,
+                    name=args.name,
+                    resolver=resolver,
+                    sink=sink,
                     task_status=task_status,
                 )
 

@@ -8,7 +8,6 @@ either in this process (``run_gateway``, exactly as ``sluice run`` calls it) or 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -167,7 +166,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         with self.log.open("ab") as err:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            self.proc = subprocess.Popen(
                 [str(SLUICE), "run", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -239,7 +238,6 @@ __all__ = [
     "fixed_metrics_port",
     "http_get",
     "metric",
-    "os",
     "sample",
     "short_limits",
     "start_gateway",

@@ -95,21 +95,38 @@ async def test_every_decision_federation_audit_and_http(
             # HTTP port: decisions counted per reason, readiness.
             weave_http = weave.gateway.bound["http"]
             labels = {"network": "weave"}
-            assert await metric(
-                weave_http, "sluice_decisions_total", decision="allow", reason="allowed", **labels
-            ) == 3  # allowed, sealed, and the transit case (refused by gw-cilium)
-            for reason in ("replayed", "scope_not_endorsed", "tier_too_low", "payload_mismatch"):
-                assert await metric(
-                    weave_http, "sluice_decisions_total", decision="deny", reason=reason, **labels
-                ) == 1, reason
+            assert (
+                await metric(
+                    weave_http,
+                    "sluice_decisions_total",
+                    decision="allow",
+                    reason="allowed",
+                    **labels,
+                )
+                == 3
+            )  # allowed, sealed, and the transit case (refused by gw-cilium)
+            for denied in ("replayed", "scope_not_endorsed", "tier_too_low", "payload_mismatch"):
+                assert (
+                    await metric(
+                        weave_http,
+                        "sluice_decisions_total",
+                        decision="deny",
+                        reason=denied,
+                        **labels,
+                    )
+                    == 1
+                ), denied
             cilium_http = cilium.gateway.bound["http"]
-            assert await metric(
-                cilium_http,
-                "sluice_decisions_total",
-                decision="deny",
-                reason="transit_not_allowed",
-                network="federation",
-            ) == 1
+            assert (
+                await metric(
+                    cilium_http,
+                    "sluice_decisions_total",
+                    decision="deny",
+                    reason="transit_not_allowed",
+                    network="federation",
+                )
+                == 1
+            )
             assert await http_get(weave_http, "/readyz") == (200, "ready\n")
             assert (await http_get(cilium_http, "/healthz"))[0] == 200
             nursery.cancel_scope.cancel()
@@ -169,9 +186,13 @@ async def test_identity_rotation_mid_stream(
             # Force a fresh mTLS handshake with the rotated SVID: gw-weave reconnects.
             await trio.to_thread.run_sync(apis["gw-weave"].rotate)
             with trio.fail_after(10):
-                while weave.gateway.metrics.registry.get_sample_value(
-                    "sluice_identity_rotations_total"
-                ) != 1.0 or len(sent) < before + 20:
+                while (
+                    weave.gateway.metrics.registry.get_sample_value(
+                        "sluice_identity_rotations_total"
+                    )
+                    != 1.0
+                    or len(sent) < before + 20
+                ):
                     await trio.sleep(0.02)
             stop.set()
             nursery.cancel_scope.cancel()

@@ -70,7 +70,7 @@ def test_unhealthy_reports_are_reported_per_node() -> None:
     )
     data["IPAM"]["PendingClaims"] = [{"Ident": "weave:expose", "CIDR": "10.44.0.1/12"}]
     bad = parse_report(json.dumps(data), "reports/worker-2.json")
-    reports = tuple(r for r in load_inventory().reports if r.node != "worker-2") + (bad,)
+    reports = (*(r for r in load_inventory().reports if r.node != "worker-2"), bad)
     findings = analyse(load_inventory(reports=reports))
     codes = [(f.code, f.subject) for f in findings]
     assert (FindingCode.CONNECTION_DOWN, "worker-2") in codes
@@ -194,7 +194,8 @@ MALFORMED = [
     ("daemonset", "weave-net.yaml", "kind: ConfigMap\nmetadata: {name: x}\n",
      "weave-net.yaml: kind: no DaemonSet found (expected the weave-net DaemonSet)"),
     ("daemonset", "weave-net.yaml", "spec: [unclosed\n",
-     "weave-net.yaml: invalid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"),
+     "weave-net.yaml: invalid YAML at line 2, column 1: expected ',' or ']', "
+     "but got '<stream end>'"),
     ("nodes", "nodes.yaml", NODES.replace("podCIDR: 10.244.2.0/24", "podCIDR: 10.244.2.0/24")
      .replace("podCIDRs: [10.244.2.0/24]", "podCIDRs: [10.244.2.1/24]"),
      "nodes.yaml: items[1].spec.podCIDRs[0]: expected a CIDR such as 10.32.0.0/12, found "

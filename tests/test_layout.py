@@ -34,6 +34,19 @@ PURE = [
     "appliance/plan.py",
     "appliance/netconfig.py",
     "appliance/diff.py",
+    "gateway/router.py",
+    "gateway/pipeline.py",
+    "gateway/migration/inventory.py",
+    "gateway/migration/plan.py",
+    "gateway/migration/artifacts.py",
+    "gateway/migration/actions.py",
+    "gateway/migration/stages.py",
+    "gateway/migration/_reader.py",
+    "gateway/migration/netpol.py",
+    "gateway/migration/netpol_model.py",
+    "gateway/migration/to_cilium.py",
+    "gateway/migration/to_sluice.py",
+    "gateway/shim_stream.py",
 ]
 
 

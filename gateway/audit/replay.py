@@ -24,6 +24,7 @@ dropped) are not decisions: each must follow an ``allow`` of the same envelope i
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 from collections.abc import Mapping, Sequence
@@ -370,12 +371,12 @@ def _classify(
             held = state.endorsements_of(kid)
             if held:
                 windows = ", ".join(
-                    f"[{e.effective_not_before}, {e.effective_not_after})" for e in held
+                    f"[{_utc(e.effective_not_before)}, {_utc(e.effective_not_after)})" for e in held
                 )
                 return (
                     FindingKind.ENDORSEMENT_NOT_VALID,
                     f"the {whose} anchor {kid.hex()} ({held[0].spiffe_id}) is endorsed in the "
-                    f"evidence only for {windows}, not at the recorded time {t}",
+                    f"evidence only for {windows}, not at the recorded time {_utc(t)}",
                 )
             rejected = state.rejected_kids.get(kid)
             why = f" (its endorsement did not verify: {rejected})" if rejected else ""
@@ -389,6 +390,10 @@ def _classify(
             f"a signature no longer verifies: {reason.value}",
         )
     return FindingKind.DECISION_MISMATCH, "the replayed decision differs from the recorded one"
+
+
+def _utc(t: int) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _kids(data: bytes) -> list[tuple[bytes, str]]:

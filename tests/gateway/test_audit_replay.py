@@ -23,6 +23,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 
+from gateway.audit.capture import CaptureError, write_capture
 from gateway.audit.evidence import EvidenceError, load_evidence, parse_evidence
 from gateway.audit.evidence_export import export_evidence
 from gateway.audit.record import Decision, parse_line, seal
@@ -74,12 +75,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     for config in (topo.weave_config, topo.cilium_config):
         text = config.read_text()
         config.write_text(text.replace("[audit]\n", "[audit]\nkeep_envelopes = true\n", 1))
+    authorities = (("gw-weave", topo.weave_ca, WEAVE), ("gw-cilium", topo.cilium_ca, CILIUM))
     servers = [
         WorkloadApiServer(
             str(socket_path(root, name)), ca, gateway_id(td, name),
             svid_lifetime=dt.timedelta(hours=24),
         )
-        for name, ca, td in (("gw-weave", topo.weave_ca, WEAVE), ("gw-cilium", topo.cilium_ca, CILIUM))
+        for name, ca, td in authorities
     ]  # fmt: skip
     for server in servers:
         server.start()
@@ -382,3 +384,25 @@ def test_copy_of_clean_log_in_other_dir_still_replays(run: Run, tmp_path: Path) 
     copy = tmp_path / "weave.log"
     shutil.copy(run.weave_log, copy)
     assert _replay([copy], [run.weave_evidence]).ok
+
+
+def test_envelopes_from_a_capture_file(run: Run, tmp_path: Path) -> None:
+    # A log that keeps no envelope bytes replays from a capture of raw frames, by digest.
+    entries = _entries(run.weave_log)
+    capture = tmp_path / "frames.cap"
+    write_capture(capture, [e.record.envelope for e in entries if e.record.envelope])
+    stripped = tmp_path / "audit.log"
+    prev = entries[0].prev
+    lines = []
+    for entry in entries:
+        record = dataclasses.replace(entry.record, envelope=None)
+        sealed = seal(entry.seq, entry.ts_ms, record, prev)
+        lines.append(sealed.line())
+        prev = sealed.hash
+    stripped.write_bytes(b"".join(lines))
+    assert not _replay([stripped], [run.weave_evidence]).ok
+    report = replay([stripped], [load_evidence(run.weave_evidence)], captures=[capture])
+    assert report.ok, report.render_text()
+    capture.write_bytes(capture.read_bytes()[:-1])  # torn last frame
+    with pytest.raises(CaptureError, match="torn frame"):
+        replay([stripped], [load_evidence(run.weave_evidence)], captures=[capture])

@@ -121,7 +121,7 @@ async def test_send_and_receive_as_subprocesses_through_the_gateways(
     out = tmp_path / "delivered"
     payload = tmp_path / "order.txt"
     payload.write_bytes(b"order 1042: 3 units of SKU-77")
-    receiver = subprocess.Popen(  # noqa: S603 - our own CLI
+    receiver = subprocess.Popen(
         [str(SLUICE), *_receive_args(topo, f"127.0.0.1:{topo.receiver_port}", out)],
         stderr=subprocess.PIPE,
     )

@@ -53,7 +53,9 @@ SLUICE = Path(sys.executable).parent / "sluice"
 async def _sink_conn(stream: trio.SocketStream) -> None:
     channel = FramedChannel(stream)
     try:
-        await channel.handshake(Hello(Role.SHIM, "spiffe://cilium.demo.example/ns/sink/sa/sink"), timeout=10)
+        await channel.handshake(
+            Hello(Role.SHIM, "spiffe://cilium.demo.example/ns/sink/sa/sink"), timeout=10
+        )
         while True:
             event = await channel.receive()
             if isinstance(event, EnvelopeFrame):
@@ -172,7 +174,9 @@ def _single_gateway(topo: Topology, sink: int, fsync: str) -> tuple[Path, int]:
     text = topo.weave_config.read_text()
     text = text.replace('peer = "gw-cilium"', f'network = "weave"\naddress = "127.0.0.1:{sink}"')
     http = free_port()
-    text = text.replace('[metrics]\nlisten = "127.0.0.1:0"', f'[metrics]\nlisten = "127.0.0.1:{http}"')
+    text = text.replace(
+        '[metrics]\nlisten = "127.0.0.1:0"', f'[metrics]\nlisten = "127.0.0.1:{http}"'
+    )
     if fsync == "interval":
         text = text.replace("[audit]\n", '[audit]\nfsync = "interval"\nfsync_interval_ms = 10\n')
     path = topo.root / f"bench-{fsync}.toml"
@@ -248,15 +252,23 @@ async def _main(count: int, runs: int) -> None:
                     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
                     print(f"\naudit fsync = {fsync!r}: medians of {runs} runs, {count} envelopes")
                     print(f"  relay baseline : {med['relay_tput']:9.0f} envelopes/s")
-                    print(f"  through gateway: {med['gw_tput']:9.0f} envelopes/s "
-                          f"(target >= 5000; {med['gw_tput'] / med['relay_tput']:.2f}x relay)")
-                    print(f"  latency @ {RATE:.0f}/s  relay p50 {med['relay_p50']:.2f} ms "
-                          f"p99 {med['relay_p99']:.2f} ms; gateway p50 {med['gw_p50']:.2f} ms "
-                          f"p99 {med['gw_p99']:.2f} ms")
-                    print(f"  added latency  : p50 {med['added_p50']:.2f} ms, "
-                          f"p99 {med['added_p99']:.2f} ms (target p99 <= 2 ms)")
-                    print(f"  libsodium raw verify+sign: {sodium:.0f} pairs/s; gateway reaches "
-                          f"{med['gw_tput'] / sodium:.1%} of it")
+                    print(
+                        f"  through gateway: {med['gw_tput']:9.0f} envelopes/s "
+                        f"(target >= 5000; {med['gw_tput'] / med['relay_tput']:.2f}x relay)"
+                    )
+                    print(
+                        f"  latency @ {RATE:.0f}/s  relay p50 {med['relay_p50']:.2f} ms "
+                        f"p99 {med['relay_p99']:.2f} ms; gateway p50 {med['gw_p50']:.2f} ms "
+                        f"p99 {med['gw_p99']:.2f} ms"
+                    )
+                    print(
+                        f"  added latency  : p50 {med['added_p50']:.2f} ms, "
+                        f"p99 {med['added_p99']:.2f} ms (target p99 <= 2 ms)"
+                    )
+                    print(
+                        f"  libsodium raw verify+sign: {sodium:.0f} pairs/s; gateway reaches "
+                        f"{med['gw_tput'] / sodium:.1%} of it"
+                    )
                 nursery.cancel_scope.cancel()
 
 

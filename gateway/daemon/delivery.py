@@ -38,6 +38,8 @@ log = logging.getLogger("sluice.delivery")
 DRAIN_BATCH = 64
 DRAIN_PARALLEL = 16
 DRAIN_POLL = 1.0
+# NACK reasons that mean "not now" rather than "never": a spooled envelope stays and is retried.
+TRANSIENT = frozenset({Reason.OVERLOADED, Reason.UNAVAILABLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +156,26 @@ class Delivery:
             if not entries:
                 continue
             limiter = trio.CapacityLimiter(DRAIN_PARALLEL)
+            retry_later: list[bytes] = []
             async with trio.open_nursery() as nursery:
                 for entry in entries:
-                    nursery.start_soon(self._resend, link, entry.envelope_id, entry.data, limiter)
+                    nursery.start_soon(
+                        self._resend, link, entry.envelope_id, entry.data, limiter, retry_later
+                    )
             self._metrics.spool_depth.set(len(self.spool))
-            self._wake(key)  # more may be waiting
+            if not retry_later:
+                self._wake(key)  # more may be waiting; otherwise retry at the next poll
 
     async def _resend(
-        self, link: Link, envelope_id: bytes, data: bytes, limiter: trio.CapacityLimiter
+        self,
+        link: Link,
+        envelope_id: bytes,
+        data: bytes,
+        limiter: trio.CapacityLimiter,
+        retry_later: list[bytes],
     ) -> None:
         async with limiter:
-            expired = _expired(data, int(self._clock()))
-            if expired:
+            if _expired(data, int(self._clock())):
                 await self._on_drop(data, link.target.key, Reason.EXPIRED, "expired in the spool")
                 await trio.to_thread.run_sync(self.spool.ack, envelope_id)
                 return
@@ -173,9 +183,15 @@ class Delivery:
                 receipt = await link.submit(data, timeout=self._receipt_timeout)
             except LinkUnavailable:
                 await trio.to_thread.run_sync(self.spool.bump, envelope_id)
+                retry_later.append(envelope_id)
                 return
             if receipt.status is ReceiptStatus.ACK or receipt.reason is Reason.REPLAYED:
                 self._metrics.delivered.labels(target=link.target.key).inc()
+            elif receipt.reason in TRANSIENT:
+                # The next hop is busy, not refusing: keep it and try again later.
+                await trio.to_thread.run_sync(self.spool.bump, envelope_id)
+                retry_later.append(envelope_id)
+                return
             else:
                 await self._on_drop(
                     data, link.target.key, receipt.reason or Reason.INTERNAL, receipt.detail

@@ -217,6 +217,7 @@ idle_timeout_seconds = 60
 
 [audit]
 path = "state/{name}/audit.log"
+keep_envelopes = true
 
 [spool]
 dir = "state/{name}/spool"

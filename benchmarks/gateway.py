@@ -156,7 +156,7 @@ def _pct(samples: list[float], q: float) -> float:
 def _sodium_rate(seconds: float = 1.0) -> float:
     """Raw libsodium Ed25519 verify+sign pairs per second on one core."""
     key = nacl.signing.SigningKey.generate()
-    sk = key._signing_key  # noqa: SLF001 - the raw 64-byte secret for nacl.bindings
+    sk = key._signing_key
     pk = bytes(key.verify_key)
     message = os.urandom(200)
     signed = nacl.bindings.crypto_sign(message, sk)
@@ -188,7 +188,7 @@ async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     with trio.fail_after(30):
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"process exited: {proc.args}")
+                raise SystemExit(f"process exited: {proc.args!r}")
             try:
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
             except OSError:
@@ -206,7 +206,7 @@ async def _one_run(topo: Topology, count: int, fsync: str, sink: int) -> dict[st
     out: dict[str, float] = {}
     # Baseline: the relay.
     relay_port = free_port()
-    relay = subprocess.Popen([sys.executable, __file__, "--relay", str(relay_port), str(sink)])  # noqa: S603
+    relay = subprocess.Popen([sys.executable, __file__, "--relay", str(relay_port), str(sink)])
     try:
         await _wait_port(relay_port, relay)
         out["relay_tput"] = await _throughput(relay_port, tput_batch, name)
@@ -221,8 +221,8 @@ async def _one_run(topo: Topology, count: int, fsync: str, sink: int) -> dict[st
         if sub.is_file():
             sub.unlink()
         else:
-            subprocess.run(["rm", "-rf", str(sub)], check=True)  # noqa: S603,S607
-    gw = subprocess.Popen(  # noqa: S603
+            subprocess.run(["rm", "-rf", str(sub)], check=True)
+    gw = subprocess.Popen(
         [str(SLUICE), "run", "--config", str(config)], cwd=topo.root, stderr=subprocess.DEVNULL
     )
     try:

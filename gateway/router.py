@@ -21,13 +21,19 @@ from dataclasses import dataclass, field
 from gateway.envelope.model import Claims
 from identity.spiffe_id import SpiffeID
 
+# A route target kind the delivery layer never connects to: envelopes for it wait in the spool
+# until the route changes (a migrating node's workloads in cutover: gateway.migration.placement).
+HOLD = "hold"
+
 
 @dataclass(frozen=True, slots=True)
 class RouteTarget:
     """One next hop.
 
-    ``kind`` is ``network`` (a workload's receiver on a network side, reached at ``address``) or
-    ``peer`` (a federated gateway, reached over mutual TLS and checked against ``peer_id``).
+    ``kind`` is ``network`` (a workload's receiver on a network side, reached at ``address``),
+    ``peer`` (a federated gateway, reached over mutual TLS and checked against ``peer_id``) or
+    ``hold`` (:data:`HOLD`: spooled until the route changes; ``name`` is the network it will be
+    delivered on).
     """
 
     name: str  # the network or peer name; also the stamp's ``to_network``

@@ -32,6 +32,7 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (a
 
 overlay="$(mktemp "$WORK/boot-XXXXXX.qcow2")"
 qemu_pid=""
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if [[ -n "$qemu_pid" ]] && kill -0 "$qemu_pid" 2>/dev/null; then
         kill "$qemu_pid" 2>/dev/null || true

@@ -19,6 +19,7 @@ from config.gateway.tables import (
     read_identity,
     read_limits,
     read_log,
+    read_migration,
     read_network,
     read_peer,
     read_route,
@@ -73,6 +74,7 @@ def gateway_config_from_document(doc: TomlDocument, *, check_files: bool = False
     )
     metrics.finish()
     log = read_log(root.table("log", optional=True))
+    migration = read_migration(root.table("migration")) if root.has("migration") else None
     # The appliance's network table may share the file (one /etc/sluice/sluice.toml on the VM);
     # `sluice appliance` validates it with appliance.netconfig, so here it is only accepted.
     root.table("appliance", optional=True)
@@ -100,6 +102,13 @@ def gateway_config_from_document(doc: TomlDocument, *, check_files: bool = False
                 " (networks and peers share one namespace)",
             )
     _check_routes(root, routes, network_names, [p.name for p in peers])
+    if migration is not None:
+        for key in ("weave_network", "cilium_network"):
+            name = getattr(migration, key)
+            if name not in network_names:
+                root.context.problem(
+                    f"migration.{key}", f"unknown network '{name}' ({_known(network_names)})"
+                )
     if check_files:
         _check_files(root, files)
     if root.context.problems:
@@ -120,6 +129,7 @@ def gateway_config_from_document(doc: TomlDocument, *, check_files: bool = False
         spool=spool,
         metrics_listen=metrics_listen,
         log=log,
+        migration=migration,
     )
 
 

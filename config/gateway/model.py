@@ -173,6 +173,27 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True)
+class MigrationWorkload:
+    """A workload whose envelopes follow its node through a Weave -> Cilium migration: its
+    receiver's address on each side."""
+
+    spiffe_id: SpiffeID
+    node: str
+    weave: HostPort
+    cilium: HostPort
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """``[migration]``: route the listed workloads by the migration journal's node placement."""
+
+    journal: Path
+    weave_network: str
+    cilium_network: str
+    workloads: tuple[MigrationWorkload, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: Path
     gateway: GatewaySection
@@ -188,6 +209,7 @@ class GatewayConfig:
     spool: Spool
     metrics_listen: HostPort
     log: Log
+    migration: Migration | None = None
 
     def summary(self) -> str:
         """``2 networks, 3 scopes, 1 peer, 4 routes``."""

@@ -24,6 +24,8 @@ from config.gateway.model import (
     Log,
     LogFormat,
     LogLevel,
+    Migration,
+    MigrationWorkload,
     Network,
     NetworkKind,
     Peer,
@@ -360,3 +362,40 @@ def read_log(f: Fields) -> Log:
     )
     f.finish()
     return log
+
+
+MAX_MIGRATION_WORKLOADS = 4096
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _node_name_problem(name: str) -> str | None:
+    if len(name) > 253 or _NODE_NAME.fullmatch(name) is None:
+        return f"expected a Kubernetes node name (RFC 1123 subdomain), found {name!r}"
+    return None
+
+
+def read_migration(f: Fields) -> Migration:
+    """``[migration]``: the journal to follow and the workloads it moves."""
+    journal = f.path_value("journal")
+    weave = f.string("weave_network", "weave", check=name_problem)
+    cilium = f.string("cilium_network", "cilium", check=name_problem)
+    if weave == cilium:
+        f.problem("cilium_network", f"must differ from weave_network ('{weave}')")
+    workloads: list[MigrationWorkload] = []
+    seen: dict[str, int] = {}
+    for i, w in enumerate(f.tables("workloads", max_items=MAX_MIGRATION_WORKLOADS)):
+        workload = MigrationWorkload(
+            w.spiffe_id("spiffe_id"),
+            w.string("node", max_length=253, check=_node_name_problem),
+            host_port_value(w, "weave"),
+            host_port_value(w, "cilium"),
+        )
+        w.finish()
+        key = str(workload.spiffe_id)
+        if w.has("spiffe_id") and key in seen:
+            w.problem("spiffe_id", f"duplicate workload '{key}' (first in {f.path}.workloads"
+                      f"[{seen[key]}])")
+        seen.setdefault(key, i)
+        workloads.append(workload)
+    f.finish()
+    return Migration(journal, weave, cilium, tuple(workloads))

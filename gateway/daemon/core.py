@@ -148,6 +148,7 @@ class Gateway:
             receipt_timeout=settings.receipt_timeout,
             clock=clock,
             on_drop=self._audit_drop,
+            router=lambda: self.state.router,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

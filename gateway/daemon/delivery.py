@@ -30,7 +30,7 @@ from gateway.errors import RemoteProtocolError
 from gateway.framing import Hello, ReceiptStatus
 from gateway.metrics import GatewayMetrics
 from gateway.reasons import Reason
-from gateway.router import RouteTarget
+from gateway.router import HOLD, Router, RouteTarget
 from gateway.spool import Spool, SpoolFull
 
 log = logging.getLogger("sluice.delivery")
@@ -68,8 +68,10 @@ class Delivery:
         receipt_timeout: float,
         clock: Callable[[], float],
         on_drop: SpoolDrop,
+        router: Callable[[], Router] | None = None,
     ) -> None:
         self.spool = spool
+        self._router = router  # the current routes, for releasing held envelopes
         self._connector = connector
         self._hello = hello
         self._metrics = metrics
@@ -78,6 +80,7 @@ class Delivery:
         self._on_drop = on_drop
         self.links: dict[str, Link] = {}
         self._wakeups: dict[str, trio.Event] = {}
+        self._releasing: set[str] = set()
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery, targets: tuple[RouteTarget, ...]) -> None:
@@ -85,6 +88,9 @@ class Delivery:
         self._nursery = nursery
         for target in targets:
             self.ensure(target)
+        for key in self.spool.destinations():  # held before a restart, route since changed
+            if key.startswith(f"{HOLD}:"):
+                self._start_release(key)
         self._metrics.spool_depth.set(len(self.spool))
 
     def ensure(self, target: RouteTarget) -> Link:
@@ -102,10 +108,52 @@ class Delivery:
 
             link = Link(target, self._connector, self._hello, on_state=on_state)
             self.links[target.key] = link
+            if target.kind == HOLD:  # never connected: `deliver` spools, `_release` drains
+                self._start_release(target.key)
+                return link
             self._wakeups[target.key] = trio.Event()
             self._nursery.start_soon(link.run)
             self._nursery.start_soon(self._drain, link)
         return link
+
+    def _start_release(self, key: str) -> None:
+        if key in self._releasing or self._nursery is None:
+            return
+        self._releasing.add(key)
+        self._wakeups[key] = trio.Event()
+        self._nursery.start_soon(self._release, key)
+
+    def _current_route(self, data: bytes) -> RouteTarget | None:
+        if self._router is None:
+            return None
+        try:
+            return self._router().route(decode_unverified(data).claims)
+        except RemoteProtocolError:
+            return None
+
+    async def _release(self, key: str) -> None:
+        """Send envelopes held under ``key`` on once their route is no longer a hold target;
+        each leaves the spool only when the new next hop answered (as in :meth:`_drain`)."""
+        while True:
+            with trio.move_on_after(DRAIN_POLL):
+                await self._wakeups[key].wait()
+            self._wakeups[key] = trio.Event()
+            entries = await trio.to_thread.run_sync(
+                lambda: list(itertools.islice(self.spool.pending(key), DRAIN_BATCH))
+            )
+            limiter = trio.CapacityLimiter(DRAIN_PARALLEL)
+            retry_later: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                for entry in entries:
+                    target = self._current_route(entry.data)
+                    if target is None or target.kind == HOLD:
+                        continue
+                    link = self.ensure(target)
+                    if link.up:
+                        nursery.start_soon(
+                            self._resend, link, entry.envelope_id, entry.data, limiter, retry_later
+                        )
+            self._metrics.spool_depth.set(len(self.spool))
 
     def _wake(self, key: str) -> None:
         event = self._wakeups.get(key)

@@ -46,6 +46,7 @@ from gateway.daemon.runtime import (
 )
 from gateway.envelope import limits as envelope_limits
 from gateway.metrics import GatewayMetrics
+from gateway.migration.placement import journal_stamp
 from gateway.replay import ReplayWindow
 from gateway.spool import Spool
 from identity.anchors import AnchorKeyPair
@@ -63,6 +64,7 @@ from identity.spiffe_id import TrustDomain
 log = logging.getLogger("sluice.daemon")
 
 IDENTITY_WAIT = 30.0
+MIGRATION_POLL = 1.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -174,6 +176,7 @@ async def run_gateway(
                 rebuild = _Rebuilder(cfg, anchor, source, gateway, tls, clock, fetched)
                 nursery.start_soon(_follow_identity, source, rebuild, gateway)
                 nursery.start_soon(_refresh_bundles, rebuild)
+                nursery.start_soon(_follow_migration, rebuild)
                 nursery.start_soon(_signals, config_path, rebuild, gateway, nursery.cancel_scope)
                 task_status.started(gateway)
     finally:
@@ -248,6 +251,24 @@ async def _refresh_bundles(rebuild: _Rebuilder) -> None:
                 log.error("refreshed peer bundle not applied: %s", exc)
                 continue
             log.info("peer bundles refreshed from their endpoints")
+
+
+async def _follow_migration(rebuild: _Rebuilder) -> None:
+    """Rebuild the routes when the migration journal changes (polled every second)."""
+    seen = journal_stamp(rebuild.cfg.migration)
+    while True:
+        await trio.sleep(MIGRATION_POLL)
+        stamp = journal_stamp(rebuild.cfg.migration)
+        if stamp == seen:
+            continue
+        try:
+            rebuild()
+        except (ValueError, OSError) as exc:
+            log.error("migration state not applied (routes unchanged): %s", exc)
+            continue  # retried at the next change
+        finally:
+            seen = stamp
+        log.info("migration journal changed: routes rebuilt")
 
 
 async def _follow_identity(source: SvidSource, rebuild: _Rebuilder, gateway: Gateway) -> None:

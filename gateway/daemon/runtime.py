@@ -25,6 +25,7 @@ import trio
 from config.gateway import GatewayConfig, NetworkKind
 from config.policy import TierNames
 from gateway.daemon.core import GatewaySettings, ListenerSpec, PeerAuthenticator
+from gateway.migration.placement import load_overrides
 from gateway.pipeline import RESERVED_TRANSIT_SCOPE as TRANSIT_SCOPE
 from gateway.pipeline import FederationScopes, GatewayState
 from gateway.policy.files import load_policy_store
@@ -130,7 +131,10 @@ def build_router(cfg: GatewayConfig) -> Router:
             assert route.network is not None and route.address is not None  # the loader checks
             target = RouteTarget(route.network, "network", route.address.host, route.address.port)
         entries.append(RouteEntry(target, scope=route.scope, workload=route.workload))
-    return Router.build(entries)
+    router = Router.build(entries)
+    if cfg.migration is not None:  # workloads follow their node's placement in the journal
+        router = router.with_overrides(load_overrides(cfg.migration))
+    return router
 
 
 def build(

@@ -26,6 +26,9 @@ ExecStartPost=/bin/rm -f /etc/sudoers.d/90-cloud-init-users /etc/systemd/system/
 WantedBy=sysinit.target
 UNIT
 systemctl enable sluice-remove-build-user.service
+# The build turned on ssh password logins (cloud-init ssh_pwauth); the image does not keep them.
+rm -f /etc/ssh/sshd_config.d/50-cloud-init.conf
+sed -i 's/^PasswordAuthentication yes/PasswordAuthentication no/' /etc/ssh/sshd_config
 rm -f /etc/ssh/ssh_host_*
 : >/etc/machine-id
 apt-get clean

@@ -139,8 +139,17 @@ def body_object(seq: int, ts_ms: int, record: AuditRecord, prev: bytes) -> dict[
 
 def seal(seq: int, ts_ms: int, record: AuditRecord, prev: bytes) -> AuditEntry:
     """Build the entry for ``record`` at ``seq`` chained to ``prev``, computing its hash."""
-    digest = hashlib.blake2b(canonical(body_object(seq, ts_ms, record, prev)), digest_size=32)
-    return AuditEntry(seq, ts_ms, record, prev, digest.digest())
+    return seal_with_line(seq, ts_ms, record, prev)[0]
+
+
+def seal_with_line(
+    seq: int, ts_ms: int, record: AuditRecord, prev: bytes
+) -> tuple[AuditEntry, bytes]:
+    """:func:`seal` and the entry's canonical line, building the JSON object once (hot path)."""
+    obj = body_object(seq, ts_ms, record, prev)
+    digest = hashlib.blake2b(canonical(obj), digest_size=32).digest()
+    obj["hash"] = digest.hex()
+    return AuditEntry(seq, ts_ms, record, prev, digest), canonical(obj) + b"\n"
 
 
 _KEYS = frozenset(

@@ -39,7 +39,7 @@ from gateway.audit.record import (
     AuditRecord,
     genesis,
     parse_line,
-    seal,
+    seal_with_line,
 )
 from gateway.spool._fs import fsync_dir, write_all
 
@@ -162,8 +162,7 @@ class AuditLog:
             lines = []
             for record in records:
                 seq += 1
-                entry = seal(seq, ts_ms, record, prev)
-                line = entry.line()
+                entry, line = seal_with_line(seq, ts_ms, record, prev)
                 if len(line) > MAX_LINE_BYTES:
                     raise AuditFormatError(f"record line of {len(line)} bytes exceeds the bound")
                 entries.append(entry)

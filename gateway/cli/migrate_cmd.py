@@ -13,7 +13,9 @@ import yaml
 
 from config.errors import ConfigError
 from config.migration_plan import MigrationPlan, load_plan, render_plan
+from config.migration_probes import load_probes
 from gateway.cli.common import EXIT_REFUSED, UserFacingError, one_line_errors
+from gateway.cli.migrate_policy_cmd import freeze, restore
 from gateway.migration.actions import MissingHook, commands_for, shell_line
 from gateway.migration.artifacts import render_artifacts
 from gateway.migration.executor import Executor, ProbeUnavailable, SubprocessExecutor
@@ -38,6 +40,7 @@ from gateway.migration.journal import (
     read_state,
 )
 from gateway.migration.plan import PlanError, build_plan
+from gateway.migration.prober import GatewayProber, ProbingExecutor
 from gateway.migration.simulated import SimulatedCluster
 from gateway.migration.stages import (
     Runner,
@@ -132,6 +135,10 @@ def migrate() -> None:
     """Stage a Weave Net -> Cilium migration (see docs/migration.md)."""
 
 
+migrate.add_command(freeze)
+migrate.add_command(restore)
+
+
 @migrate.command()
 @_inventory_options
 @one_line_errors(*_INPUT_ERRORS)
@@ -201,10 +208,15 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(_read(path)).hexdigest()
 
 
-def _executor(loaded: MigrationPlan, simulate: Path | None, artifacts_dir: Path) -> Executor:
+def _executor(
+    loaded: MigrationPlan, simulate: Path | None, artifacts_dir: Path,
+    prober: GatewayProber | None = None,
+) -> Executor:
     if simulate is not None:
-        return SimulatedCluster(simulate, loaded)
-    return SubprocessExecutor(loaded, str(artifacts_dir), echo=lambda line: click.echo(f"$ {line}"))
+        sim = SimulatedCluster(simulate, loaded)
+        return sim if prober is None else ProbingExecutor(sim, prober)
+    return SubprocessExecutor(loaded, str(artifacts_dir), prober=prober,
+                              echo=lambda line: click.echo(f"$ {line}"))
 
 
 def _runner_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -221,6 +233,8 @@ def _runner_options(fn: click.decorators.FC) -> click.decorators.FC:
                          help="directory written by `sluice migrate artifacts`"),
             click.option("--simulate", type=click.Path(path_type=Path),
                          help="drive a simulated cluster state file instead of kubectl/helm"),
+            click.option("--probes", "probes_path", type=click.Path(path_type=Path, exists=True),
+                         help="probe file: send governed probes through the gateway"),
         ]
     ):
         fn = decorator(fn)
@@ -230,11 +244,13 @@ def _runner_options(fn: click.decorators.FC) -> click.decorators.FC:
 @contextmanager
 def _runner(
     plan_path: Path, journal_path: Path, simulate: Path | None, artifacts_dir: Path,
-    resolve: dict[str, bool] | None = None,
+    resolve: dict[str, bool] | None = None, probes_path: Path | None = None,
 ) -> Iterator[Runner]:
     loaded = load_plan(plan_path)
+    probes = load_probes(probes_path) if probes_path is not None else None
     with Journal.open(journal_path, plan_digest=_digest(plan_path)) as journal:
-        yield Runner(loaded, journal, _executor(loaded, simulate, artifacts_dir),
+        prober = GatewayProber(probes, journal.placement) if probes is not None else None
+        yield Runner(loaded, journal, _executor(loaded, simulate, artifacts_dir, prober),
                      resolve=resolve, echo=click.echo)
 
 
@@ -281,15 +297,16 @@ def _run(runner: Runner, stage: Stage, node: str | None, direction: Direction,
 @one_line_errors(*_INPUT_ERRORS)
 def advance(
     plan_path: Path, journal_path: Path, node: str | None, stage: str | None,
-    artifacts_dir: Path, simulate: Path | None, dry_run: bool, irreversible: bool,
-    step_done: tuple[str, ...], step_rerun: tuple[str, ...],
+    artifacts_dir: Path, simulate: Path | None, probes_path: Path | None, dry_run: bool,
+    irreversible: bool, step_done: tuple[str, ...], step_rerun: tuple[str, ...],
 ) -> None:
     """Move the next unit (or --stage / --node) forward, resuming an interrupted one."""
     resolve = {k: True for k in step_done} | {k: False for k in step_rerun}
     if dry_run:
         _preview(load_plan(plan_path), journal_path, stage, node, artifacts_dir)
         return
-    with _runner(plan_path, journal_path, simulate, artifacts_dir, resolve) as runner:
+    with _runner(plan_path, journal_path, simulate, artifacts_dir, resolve,
+                 probes_path) as runner:
         try:
             target = _target(runner, stage, node)
         except _NothingToDo:
@@ -329,9 +346,10 @@ def _preview(
 @_runner_options
 @one_line_errors(*_INPUT_ERRORS)
 def rollback(plan_path: Path, journal_path: Path, node: str | None, stage: str | None,
-             artifacts_dir: Path, simulate: Path | None) -> None:
+             artifacts_dir: Path, simulate: Path | None, probes_path: Path | None) -> None:
     """Undo one node's S4 (--node) or the latest cluster-wide stage (or --stage)."""
-    with _runner(plan_path, journal_path, simulate, artifacts_dir) as runner:
+    with _runner(plan_path, journal_path, simulate, artifacts_dir,
+                 probes_path=probes_path) as runner:
         if node is not None:
             target: tuple[Stage, str | None] = _target(runner, None, node)
         elif stage is not None:
@@ -349,9 +367,10 @@ def rollback(plan_path: Path, journal_path: Path, node: str | None, stage: str |
 @_runner_options
 @one_line_errors(*_INPUT_ERRORS)
 def verify(plan_path: Path, journal_path: Path, node: str | None, stage: str | None,
-           artifacts_dir: Path, simulate: Path | None) -> None:
+           artifacts_dir: Path, simulate: Path | None, probes_path: Path | None) -> None:
     """Run a unit's verification now (probes included) and journal the result."""
-    with _runner(plan_path, journal_path, simulate, artifacts_dir) as runner:
+    with _runner(plan_path, journal_path, simulate, artifacts_dir,
+                 probes_path=probes_path) as runner:
         try:
             target = _target(runner, stage, node)
         except _NothingToDo:

@@ -31,7 +31,7 @@ from gateway.framing import Hello, ReceiptStatus
 from gateway.metrics import GatewayMetrics
 from gateway.reasons import Reason
 from gateway.router import HOLD, Router, RouteTarget
-from gateway.spool import Spool, SpoolFull
+from gateway.spool import Spool, SpoolEntry, SpoolFull
 
 log = logging.getLogger("sluice.delivery")
 
@@ -71,7 +71,7 @@ class Delivery:
         router: Callable[[], Router] | None = None,
     ) -> None:
         self.spool = spool
-        self._router = router  # the current routes, for releasing held envelopes
+        self._router = router  # the current routes, for re-routing held or stale envelopes
         self._connector = connector
         self._hello = hello
         self._metrics = metrics
@@ -80,7 +80,6 @@ class Delivery:
         self._on_drop = on_drop
         self.links: dict[str, Link] = {}
         self._wakeups: dict[str, trio.Event] = {}
-        self._releasing: set[str] = set()
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery, targets: tuple[RouteTarget, ...]) -> None:
@@ -88,9 +87,8 @@ class Delivery:
         self._nursery = nursery
         for target in targets:
             self.ensure(target)
-        for key in self.spool.destinations():  # held before a restart, route since changed
-            if key.startswith(f"{HOLD}:"):
-                self._start_release(key)
+        if self._router is not None:
+            nursery.start_soon(self._reroute)
         self._metrics.spool_depth.set(len(self.spool))
 
     def ensure(self, target: RouteTarget) -> Link:
@@ -108,20 +106,12 @@ class Delivery:
 
             link = Link(target, self._connector, self._hello, on_state=on_state)
             self.links[target.key] = link
-            if target.kind == HOLD:  # never connected: `deliver` spools, `_release` drains
-                self._start_release(target.key)
+            if target.kind == HOLD:  # never connected: `deliver` spools, `_reroute` sends on
                 return link
             self._wakeups[target.key] = trio.Event()
             self._nursery.start_soon(link.run)
             self._nursery.start_soon(self._drain, link)
         return link
-
-    def _start_release(self, key: str) -> None:
-        if key in self._releasing or self._nursery is None:
-            return
-        self._releasing.add(key)
-        self._wakeups[key] = trio.Event()
-        self._nursery.start_soon(self._release, key)
 
     def _current_route(self, data: bytes) -> RouteTarget | None:
         if self._router is None:
@@ -131,28 +121,38 @@ class Delivery:
         except RemoteProtocolError:
             return None
 
-    async def _release(self, key: str) -> None:
-        """Send envelopes held under ``key`` on once their route is no longer a hold target;
-        each leaves the spool only when the new next hop answered (as in :meth:`_drain`)."""
+    def _batch(self, key: str) -> list[SpoolEntry]:
+        return list(itertools.islice(self.spool.pending(key), DRAIN_BATCH))
+
+    async def _reroute(self) -> None:
+        """Send spooled envelopes whose destination is no longer routed on to their current
+        route: envelopes held for a migrating workload (:data:`HOLD`), and envelopes spooled for
+        an address the workload has left. Each leaves the spool only when the new next hop
+        answered (:meth:`_resend`); one that is still held stays."""
         while True:
-            with trio.move_on_after(DRAIN_POLL):
-                await self._wakeups[key].wait()
-            self._wakeups[key] = trio.Event()
-            entries = await trio.to_thread.run_sync(
-                lambda: list(itertools.islice(self.spool.pending(key), DRAIN_BATCH))
-            )
+            await trio.sleep(DRAIN_POLL)
+            assert self._router is not None
+            live = {t.key for t in self._router().targets() if t.kind != HOLD}
+            stale = [
+                key
+                for key in await trio.to_thread.run_sync(self.spool.destinations)
+                if key not in live and not (key in self.links and self.links[key].up)
+            ]
             limiter = trio.CapacityLimiter(DRAIN_PARALLEL)
             retry_later: list[bytes] = []
-            async with trio.open_nursery() as nursery:
-                for entry in entries:
-                    target = self._current_route(entry.data)
-                    if target is None or target.kind == HOLD:
-                        continue
-                    link = self.ensure(target)
-                    if link.up:
-                        nursery.start_soon(
-                            self._resend, link, entry.envelope_id, entry.data, limiter, retry_later
-                        )
+            for key in stale:
+                entries = await trio.to_thread.run_sync(self._batch, key)
+                async with trio.open_nursery() as nursery:
+                    for entry in entries:
+                        target = self._current_route(entry.data)
+                        if target is None or target.kind == HOLD or target.key == key:
+                            continue
+                        link = self.ensure(target)
+                        if link.up:
+                            nursery.start_soon(
+                                self._resend, link, entry.envelope_id, entry.data, limiter,
+                                retry_later,
+                            )
             self._metrics.spool_depth.set(len(self.spool))
 
     def _wake(self, key: str) -> None:

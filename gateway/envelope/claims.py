@@ -16,7 +16,7 @@ from typing import Any
 import cbor2
 
 from gateway.envelope import limits
-from gateway.envelope._cbor import head, loads_canonical, read_head
+from gateway.envelope._cbor import bstr, head, loads_canonical, read_head
 from gateway.envelope.model import (
     Claims,
     RoutingConstraint,
@@ -628,6 +628,12 @@ def encode_stamp_claims(stamp: StampClaims) -> bytes:
     for bad, message in problems:
         if bad:
             raise LocalProtocolError(message)
+    return _encode_stamp_fast(stamp)
+
+
+def encode_stamp_claims_reference(stamp: StampClaims) -> bytes:
+    """The same bytes as :func:`encode_stamp_claims`, through cbor2's canonical encoder (the
+    reference the fast encoder is tested against; no range checks)."""
     return cbor2.dumps(
         {
             ISS: str(stamp.gateway),
@@ -644,6 +650,54 @@ def encode_stamp_claims(stamp: StampClaims) -> bytes:
         },
         canonical=True,
     )
+
+
+# Canonical (RFC 8949 length-first) order of the stamp labels, with their encodings, computed once.
+_STAMP_KEY_ORDER = tuple(
+    sorted(
+        (
+            (label, cbor2.dumps(label))
+            for label in (
+                ISS,
+                IAT,
+                S_VERSION,
+                S_HOP,
+                S_FROM_NETWORK,
+                S_TO_NETWORK,
+                S_DECISION,
+                S_RULE,
+                S_POLICY_REVISION,
+                S_ENVELOPE_SIGNATURE_HASH,
+                S_PREVIOUS_STAMP_HASH,
+            )
+        ),
+        key=lambda item: (len(item[1]), item[1]),
+    )
+)
+_STAMP_MAP_HEAD = head(5, len(_STAMP_KEY_ORDER))
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode()
+    return head(3, len(raw)) + raw
+
+
+def _encode_stamp_fast(stamp: StampClaims) -> bytes:
+    # On the stamping hot path: pre-encoded labels joined with the values' encodings.
+    values = {
+        ISS: _text(str(stamp.gateway)),
+        IAT: head(0, stamp.stamped_at),
+        S_VERSION: head(0, limits.STAMP_VERSION),
+        S_HOP: head(0, stamp.hop),
+        S_FROM_NETWORK: _text(stamp.from_network),
+        S_TO_NETWORK: _text(stamp.to_network),
+        S_DECISION: _text(stamp.decision.value),
+        S_RULE: _text(stamp.rule),
+        S_POLICY_REVISION: bstr(stamp.policy_revision),
+        S_ENVELOPE_SIGNATURE_HASH: bstr(stamp.envelope_signature_hash),
+        S_PREVIOUS_STAMP_HASH: bstr(stamp.previous_stamp_hash),
+    }
+    return _STAMP_MAP_HEAD + b"".join(key + values[label] for label, key in _STAMP_KEY_ORDER)
 
 
 def _bad_token(value: object, maximum: int) -> bool:

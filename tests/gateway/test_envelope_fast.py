@@ -352,3 +352,40 @@ def test_sealer_refuses_what_seal_refuses(
         seal(payload=b"x", **base, **times)  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         Sealer(**base).seal(b"x", **times)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hop=st.integers(1, 16),
+    stamped_at=st.integers(0, 2**40),
+    from_network=st.text(st.sampled_from("abcxyz-_.0189"), min_size=1, max_size=40),
+    to_network=st.text(st.sampled_from("abcxyz-_.0189"), min_size=1, max_size=40),
+    rule=st.text(st.sampled_from("abcdefghij-_.:0189"), min_size=1, max_size=60),
+    hashes=st.lists(st.binary(min_size=32, max_size=32), min_size=3, max_size=3),
+)
+def test_fast_stamp_encoder_equals_cbor2_canonical(
+    hop: int, stamped_at: int, from_network: str, to_network: str, rule: str, hashes: list[bytes]
+) -> None:
+    from gateway.envelope.claims import (  # noqa: PLC0415
+        decode_stamp_claims,
+        encode_stamp_claims,
+        encode_stamp_claims_reference,
+    )
+    from gateway.envelope.model import StampClaims, StampDecision  # noqa: PLC0415
+    from identity.spiffe_id import parse_spiffe_id  # noqa: PLC0415
+
+    claims = StampClaims(
+        gateway=parse_spiffe_id("spiffe://weave.prod.example/gateway/a"),
+        hop=hop,
+        from_network=from_network,
+        to_network=to_network,
+        decision=StampDecision.ALLOW,
+        rule=rule,
+        policy_revision=hashes[0],
+        stamped_at=stamped_at,
+        envelope_signature_hash=hashes[1],
+        previous_stamp_hash=hashes[2],
+    )
+    fast = encode_stamp_claims(claims)
+    assert fast == encode_stamp_claims_reference(claims)
+    assert decode_stamp_claims(fast) == claims

@@ -94,6 +94,7 @@ step_install() {
         --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
         -cf - . | tar -C "$WORK/build" -xf -
     "$py" -m pip wheel --quiet --wheel-dir "$wheels" "$WORK/build"
+    rm -rf "$WORK/build"
     log "installing sluice into the root (offline, from $(find "$wheels" -name '*.whl' | wc -l) wheels)"
     rm -rf "$ROOT/tmp/sluice-wheels" "$ROOT/tmp/install-sluice.sh"
     cp -r "$wheels" "$ROOT/tmp/sluice-wheels"
@@ -102,7 +103,7 @@ step_install() {
     # A clean environment: the host's PIP_* settings (find-links, index) mean nothing in the root.
     chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
         SLUICE_WHEELS=/tmp/sluice-wheels /tmp/install-sluice.sh
-    rm -rf "$ROOT/tmp/sluice-wheels" "$ROOT/tmp/install-sluice.sh"
+    rm -rf "$ROOT/tmp/sluice-wheels" "$ROOT/tmp/install-sluice.sh" "$wheels"
     cleanup
     MOUNTS=()
     log "sluice installed in $(elapsed "$t0")"

@@ -121,7 +121,8 @@ class GatewayProber:
         )
         return ProbeResult(all(v == "up" for v in found.values()), detail)
 
-    def _envelope(self, source: ProbeWorkload, destination: ProbeWorkload, tag: str) -> bytes:
+    def envelope(self, source: ProbeWorkload, destination: ProbeWorkload, tag: str) -> bytes:
+        """A fresh probe envelope from ``source`` to ``destination`` (payload names ``tag``)."""
         now = int(self._clock())
         cfg = self._config
         return seal(
@@ -148,7 +149,7 @@ class GatewayProber:
         async def probe(source: ProbeWorkload, destination: ProbeWorkload) -> None:
             sender = senders[self._listener(source)]
             result = await sender.send(
-                self._envelope(source, destination, tag), deadline=cfg.deadline_seconds
+                self.envelope(source, destination, tag), deadline=cfg.deadline_seconds
             )
             if result.delivered:
                 decision = "allow"

@@ -14,14 +14,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from identity.pem import certificates_pem, private_key_pem
 from identity.spiffe_id import SpiffeID, TrustDomain
+from identity.x509svid import X509SVID
 
 KeyType = Literal["ec", "rsa", "ed25519"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+__all__ = ["IssuedSVID", "SvidAuthority", "certificates_pem", "new_private_key", "private_key_pem"]
 
 DEFAULT_CA_LIFETIME = dt.timedelta(days=365)
 DEFAULT_SVID_LIFETIME = dt.timedelta(hours=1)
@@ -41,33 +45,8 @@ def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
-def private_key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def certs_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedSVID:
-    """A leaf certificate, the intermediates up to (not including) the root, and the leaf's key."""
-
-    spiffe_id: SpiffeID
-    chain: tuple[x509.Certificate, ...]
-    private_key: PrivateKey
-
-    @property
-    def leaf(self) -> x509.Certificate:
-        return self.chain[0]
-
-    def chain_pem(self) -> bytes:
-        return certs_pem(self.chain)
-
-    def key_pem(self) -> bytes:
-        return private_key_pem(self.private_key)
+# The CA issues plain X.509-SVIDs; the name says where one came from in tests and the demo.
+IssuedSVID = X509SVID
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +94,7 @@ class SvidAuthority:
         return (self.parents[-1],) if self.parents else (self.certificate,)
 
     def bundle_pem(self) -> bytes:
-        return certs_pem(self.bundle)
+        return certificates_pem(self.bundle)
 
     def intermediate(
         self,
@@ -154,7 +133,7 @@ class SvidAuthority:
         lifetime: dt.timedelta = DEFAULT_SVID_LIFETIME,
         private_key: PrivateKey | None = None,
         dns_names: tuple[str, ...] = (),
-    ) -> IssuedSVID:
+    ) -> X509SVID:
         """Issue an X.509-SVID for ``spiffe_id``; the chain excludes the root."""
         now = now or dt.datetime.now(dt.UTC)
         key = private_key or new_private_key(key_type)
@@ -197,7 +176,7 @@ class SvidAuthority:
             .sign(self.private_key, _hash_for(self.private_key))
         )
         intermediates = (self.certificate, *self.parents[:-1]) if self.parents else ()
-        return IssuedSVID(spiffe_id, (cert, *intermediates), key)
+        return X509SVID(spiffe_id, (cert, *intermediates), key)
 
 
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:

@@ -97,7 +97,7 @@ def _workload(
     start = int(now.timestamp()) - 60
     endorsement = endorse(
         anchor.public_key,
-        _as_x509svid(svid),
+        svid,
         scopes,
         max_tier,
         start,
@@ -105,12 +105,6 @@ def _workload(
     )
     path = _write(root / "anchors" / f"{name}.endorsement", endorsement)
     return Workload(sid, scopes[0], svid, anchor, path)
-
-
-def _as_x509svid(svid: IssuedSVID):  # type: ignore[no-untyped-def]
-    from identity.x509svid import X509SVID  # noqa: PLC0415
-
-    return X509SVID(svid.spiffe_id, svid.chain, svid.private_key)
 
 
 POLICY_ORDERS = """\

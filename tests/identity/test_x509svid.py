@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identity.bundle import BundleSet, TrustBundle
-from identity.ca import SvidAuthority, _hash_for, certs_pem, new_private_key, private_key_pem
-from identity.pem import PemError, read_certificates, read_private_key
+from identity.ca import SvidAuthority, _hash_for, new_private_key
+from identity.pem import PemError, private_key_pem, read_certificates, read_private_key
+from identity.pem import certificates_pem as certs_pem
 from identity.spiffe_id import TrustDomain, parse_spiffe_id
 from identity.x509svid import (
     ChainVerificationError,

@@ -22,7 +22,6 @@ by an internal lock, so the daemon may call from several worker threads. Blockin
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -41,7 +40,7 @@ from gateway.audit.record import (
     parse_line,
     seal_with_line,
 )
-from gateway.spool._fs import fsync_dir, write_all
+from gateway.spool._fs import open_exclusive, write_all
 
 FsyncMode = Literal["always", "batch", "never"]
 DEFAULT_BATCH_RECORDS = 256
@@ -114,16 +113,10 @@ class AuditLog:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be always, batch or never, not {fsync!r}")
         path = Path(path)
-        created = not path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_exclusive(
+            path, lambda: AuditLogError(f"{path}: audit log is open in another process")
+        )
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AuditLogError(f"{path}: audit log is open in another process") from None
-            if created:
-                os.fsync(fd)
-                fsync_dir(path.parent.resolve())
             size, last, torn = _resume(path, fd)
         except BaseException:
             os.close(fd)

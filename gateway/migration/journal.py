@@ -24,7 +24,6 @@ One writer at a time (``flock``).
 from __future__ import annotations
 
 import enum
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from gateway.spool._fs import fsync_dir, write_all
+from gateway.spool._fs import open_exclusive, write_all
 
 FORMAT = 1
 MAX_LINE_BYTES = 64 * 1024
@@ -201,16 +200,10 @@ class Journal:
             OSError: cannot be created or read.
         """
         path = Path(path)
-        created = not path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_exclusive(
+            path, lambda: JournalError(f"{path}: journal is in use by another sluice")
+        )
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise JournalError(f"{path}: journal is in use by another sluice") from None
-            if created:
-                os.fsync(fd)
-                fsync_dir(path.parent.resolve())
             state, size, prev = _read(path, fd)
         except BaseException:
             os.close(fd)

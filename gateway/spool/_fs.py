@@ -7,8 +7,9 @@ can leave a durable file that no name points to (POSIX says nothing; ext4 and XF
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -21,6 +22,31 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_exclusive(path: Path, busy: Callable[[], Exception]) -> int:
+    """Open ``path`` read-write (creating it durably) under an exclusive, non-blocking ``flock``.
+
+    One writer per file is what keeps an append-only hash chain linear; a second process gets
+    ``busy()`` raised instead of interleaving its appends.
+
+    Returns:
+        The file descriptor; the caller closes it (which releases the lock).
+    """
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy() from None
+        if created:
+            os.fsync(fd)
+            fsync_dir(path.parent.resolve())
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write_all(fd: int, data: bytes, offset: int) -> None:

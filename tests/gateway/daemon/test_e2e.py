@@ -7,6 +7,8 @@ sockets, the gateways' TOML files, audit logs and spools on disk.
 
 from __future__ import annotations
 
+import json
+
 import signal
 from pathlib import Path
 
@@ -129,6 +131,18 @@ async def test_every_decision_federation_audit_and_http(
             )
             assert await http_get(weave_http, "/readyz") == (200, "ready\n")
             assert (await http_get(cilium_http, "/healthz"))[0] == 200
+            # The live governance-flow view, fed from the committed audit entries.
+            status, graph_json = await http_get(weave_http, "/graph.json")
+            assert status == 200
+            flows = {
+                (f["origin"], f["destination"], f["decision"]): f["count"]
+                for f in json.loads(graph_json)["edges"]
+                if f["kind"] == "flow"
+            }
+            assert flows[("orders/intake", "payments/ledger", "allow")] == 3
+            assert flows[("orders/intake", "payments/ledger", "deny")] >= 3
+            status, page = await http_get(weave_http, "/graph")
+            assert status == 200 and "<svg" in page and "default-src 'none'" in page
             nursery.cancel_scope.cancel()
 
     # Federation over mTLS: gw-cilium recorded the allowed envelope as coming from its peer.

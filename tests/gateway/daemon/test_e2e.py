@@ -8,7 +8,6 @@ sockets, the gateways' TOML files, audit logs and spools on disk.
 from __future__ import annotations
 
 import json
-
 import signal
 from pathlib import Path
 

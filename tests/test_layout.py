@@ -47,6 +47,7 @@ PURE = [
     "gateway/migration/to_cilium.py",
     "gateway/migration/to_sluice.py",
     "gateway/shim_stream.py",
+    "gateway/migration/placement.py",
 ]
 
 

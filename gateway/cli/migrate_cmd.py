@@ -249,7 +249,12 @@ def _runner(
     loaded = load_plan(plan_path)
     probes = load_probes(probes_path) if probes_path is not None else None
     with Journal.open(journal_path, plan_digest=_digest(plan_path)) as journal:
-        prober = GatewayProber(probes, journal.placement) if probes is not None else None
+        prober = None
+        if probes is not None:
+            try:
+                prober = GatewayProber(probes, journal.placement)
+            except ValueError as exc:  # a missing policy, a bad key or policy file
+                raise UserFacingError(f"{probes_path}: {exc}".splitlines()[0]) from None
         yield Runner(loaded, journal, _executor(loaded, simulate, artifacts_dir, prober),
                      resolve=resolve, echo=click.echo)
 

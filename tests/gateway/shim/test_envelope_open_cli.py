@@ -27,7 +27,7 @@ NOW = int(time.time())
 
 def _endorse_gateway(topo: Topology, name: str) -> None:
     ca, td = (topo.weave_ca, WEAVE) if name == "gw-weave" else (topo.cilium_ca, CILIUM)
-    svid = ca.issue(gateway_id(td, name), now=dt.datetime.now(dt.UTC))
+    svid = ca.issue(gateway_id(td, name), now=dt.datetime.fromtimestamp(NOW, dt.UTC))
     anchor = load_private_key(topo.root / "keys" / f"{name}-anchor.pem")
     data = endorse(
         anchor.public_key,
@@ -42,7 +42,11 @@ def _endorse_gateway(topo: Topology, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Topology:
-    topo = build_topology(tmp_path_factory.mktemp("open"))
+    # Everything is made valid at NOW (fixed at import): in a long session this fixture may run
+    # minutes later, and the tests open envelopes `--at NOW`.
+    topo = build_topology(
+        tmp_path_factory.mktemp("open"), now=dt.datetime.fromtimestamp(NOW, dt.UTC)
+    )
     for name in ("gw-weave", "gw-cilium"):
         _endorse_gateway(topo, name)
     return topo

@@ -188,7 +188,7 @@ class Delivery:
     def _has_backlog(self, key: str) -> bool:
         # While older envelopes for this target wait in the spool, new ones queue behind them, so a
         # returning destination receives each sender's envelopes in order.
-        return key in self.spool.destinations()
+        return self.spool.waiting_for(key) > 0
 
     async def _drain(self, link: Link) -> None:
         key = link.target.key

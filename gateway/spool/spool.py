@@ -31,6 +31,7 @@ import os
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,8 @@ class Spool:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[bytes, _Live] = {}  # insertion order is FIFO order
+        # Live entries per destination, so "is anything waiting for X?" is O(1) on the hot path.
+        self._per_destination: Counter[str] = Counter()
         self._files: dict[int, RecordFile] = {}
         self._live_bytes = 0
         self._lock_fd = self._take_lock()
@@ -215,6 +218,8 @@ class Spool:
                 live = self._entries.get(envelope_id)
                 if live is not None:
                     self._live_bytes -= live.record_bytes
+                    self._uncount(live.destination)
+                self._per_destination[destination] += 1
                 self._entries[envelope_id] = _Live(
                     destination,
                     enqueued_ms,
@@ -230,6 +235,7 @@ class Spool:
                 gone = self._entries.pop(envelope_id, None)
                 if gone is not None:
                     self._live_bytes -= gone.record_bytes
+                    self._uncount(gone.destination)
             elif record.kind == _BUMP:
                 envelope_id, attempts = _BUMP_BODY.unpack(body)
                 if (live := self._entries.get(envelope_id)) is not None:
@@ -315,6 +321,7 @@ class Spool:
                 self._entries[envelope_id] = _Live(
                     destination, now_ms, 0, number, offset + head, data_length, size
                 )
+                self._per_destination[destination] += 1
                 self._live_bytes += size
                 offset += size
             return stored
@@ -336,7 +343,9 @@ class Spool:
             frames = b"".join(records.encode(_ACK, _ACK_BODY.pack(i)) for i in present)
             self._active(len(frames)).append(frames, sync=True)
             for envelope_id in present:
-                self._live_bytes -= self._entries.pop(envelope_id).record_bytes
+                gone = self._entries.pop(envelope_id)
+                self._live_bytes -= gone.record_bytes
+                self._uncount(gone.destination)
             self._maybe_compact()
             return len(present)
 
@@ -388,7 +397,19 @@ class Spool:
     def destinations(self) -> set[str]:
         """The destinations that have entries waiting."""
         with self._lock:
-            return {live.destination for live in self._entries.values()}
+            return set(self._per_destination)
+
+    def waiting_for(self, destination: str) -> int:
+        """How many entries wait for ``destination`` (O(1))."""
+        with self._lock:
+            return self._per_destination.get(destination, 0)
+
+    def _uncount(self, destination: str) -> None:
+        left = self._per_destination[destination] - 1
+        if left:
+            self._per_destination[destination] = left
+        else:
+            del self._per_destination[destination]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -260,3 +260,19 @@ def test_file_descriptor_cleanup_on_corrupt_open(tmp_path: Path) -> None:
         with pytest.raises(SpoolCorrupt):
             Spool(tmp_path, 1 << 20)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_waiting_for_counts_per_destination_across_reopen(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s", 1 << 20) as spool:
+        spool.put(b"a" * 16, "peer:x", b"1")
+        spool.put(b"b" * 16, "peer:x", b"2")
+        spool.put(b"c" * 16, "net:y", b"3")
+        assert (spool.waiting_for("peer:x"), spool.waiting_for("net:y")) == (2, 1)
+        spool.ack(b"a" * 16)
+        assert spool.destinations() == {"peer:x", "net:y"}
+        spool.ack(b"c" * 16)
+        assert spool.waiting_for("net:y") == 0 and spool.destinations() == {"peer:x"}
+    with Spool(tmp_path / "s", 1 << 20) as spool:
+        assert spool.waiting_for("peer:x") == 1 and spool.waiting_for("net:y") == 0
+        spool.compact()
+        assert spool.destinations() == {"peer:x"}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -184,6 +185,18 @@ def _single_gateway(topo: Topology, sink: int, fsync: str) -> tuple[Path, int]:
     return path, http
 
 
+# "On one core": the gateway (and the relay baseline) run pinned to one CPU, this process (the
+# senders and the sink) to another, so the two never compete for the measured core.
+SERVER_CPU = 0
+CLIENT_CPU = 1
+
+
+_CAN_PIN = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2 and bool(
+    shutil.which("taskset")
+)
+_PIN_SERVER = ["taskset", "-c", str(SERVER_CPU)] if _CAN_PIN else []
+
+
 async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     with trio.fail_after(30):
         while True:
@@ -206,7 +219,9 @@ async def _one_run(topo: Topology, count: int, fsync: str, sink: int) -> dict[st
     out: dict[str, float] = {}
     # Baseline: the relay.
     relay_port = free_port()
-    relay = subprocess.Popen([sys.executable, __file__, "--relay", str(relay_port), str(sink)])
+    relay = subprocess.Popen(
+        [*_PIN_SERVER, sys.executable, __file__, "--relay", str(relay_port), str(sink)]
+    )
     try:
         await _wait_port(relay_port, relay)
         out["relay_tput"] = await _throughput(relay_port, tput_batch, name)
@@ -223,7 +238,9 @@ async def _one_run(topo: Topology, count: int, fsync: str, sink: int) -> dict[st
         else:
             subprocess.run(["rm", "-rf", str(sub)], check=True)
     gw = subprocess.Popen(
-        [str(SLUICE), "run", "--config", str(config)], cwd=topo.root, stderr=subprocess.DEVNULL
+        [*_PIN_SERVER, str(SLUICE), "run", "--config", str(config)],
+        cwd=topo.root,
+        stderr=subprocess.DEVNULL,
     )
     try:
         await _wait_port(topo.weave_listen, gw)
@@ -280,6 +297,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    if _CAN_PIN:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+        print(f"gateway/relay pinned to CPU {SERVER_CPU}, senders and sink to CPU {CLIENT_CPU}")
     trio.run(_main, args.count, args.runs)
 
 

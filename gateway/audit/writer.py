@@ -175,6 +175,20 @@ class AuditLog:
             self._seq, self._prev = seq, prev
             return entries
 
+    def sync(self) -> int:
+        """fsync what was appended so far *without* holding the append lock, so appends from
+        another thread (the event loop) go on during the fsync; for interval group commit.
+
+        Returns:
+            How many records this call made durable.
+        """
+        with self._lock:
+            pending, self._unsynced = self._unsynced, 0
+            fd = self._fd
+        if pending and fd >= 0:
+            os.fsync(fd)
+        return pending
+
     def flush(self) -> None:
         """Make every appended record durable now (fsync), whatever the mode."""
         with self._lock:

@@ -1,10 +1,17 @@
-"""Group commit for the audit log: many connection tasks, one writer thread call per batch.
+"""Group commit for the audit log: many connection tasks, one append per batch.
 
 Every decision is appended before the envelope is answered, so a receipt implies the decision is
-in the log (durably, under ``fsync = "always"``). Appending record by record would cost one fsync
-per envelope; instead connection tasks queue their record and wait, and one writer task takes
-everything queued so far and appends it with a single ``append_many`` (one write, one fsync) in a
-worker thread. Under load the batches grow by themselves; when idle a batch is one record.
+in the log. Connection tasks queue their record and wait; one writer task takes everything queued
+so far and appends it with a single ``append_many``. Under load the batches grow by themselves.
+
+Two durability modes (``[audit] fsync``):
+
+* ``always``: each batch is written *and fsynced* in a worker thread before its senders are
+  answered (the fsync must not block the event loop).
+* ``interval``: each batch is written on the event loop (a ``write``, no fsync: moving it to a
+  thread costs more than the write), and a timer task fsyncs every ``fsync_interval_ms`` in a
+  worker thread, without holding the append lock. A crash loses at most that interval of records
+  that were already answered.
 
 Resource handling: the queue is bounded (backpressure reaches the connections); the writer task is
 the only user of the log. Error handling: if the log cannot be written (disk full, I/O error), the
@@ -14,6 +21,7 @@ closed) until writes succeed again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +52,16 @@ class AuditSink:
     """The gateway's single path into its audit log."""
 
     def __init__(
-        self, audit_log: AuditLog, *, observer: Callable[[AuditEntry], None] | None = None
+        self,
+        audit_log: AuditLog,
+        *,
+        interval: float | None = None,
+        observer: Callable[[AuditEntry], None] | None = None,
     ) -> None:
+        """``interval`` None: fsync every batch (open the log with ``fsync="always"``); a number
+        of seconds: fsync on that timer (open the log with ``fsync="never"``)."""
         self.log = audit_log
+        self._interval = interval
         # Sees every committed entry, in order (the live governance graph feeds on it).
         self._observer = observer
         self._send, self._receive = trio.open_memory_channel[_Waiter](QUEUE_LENGTH)
@@ -68,8 +83,19 @@ class AuditSink:
             raise AuditUnavailable(waiter.error)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task; runs until cancelled."""
-        task_status.started()
+        """The writer task (and, in interval mode, the fsync timer); runs until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._interval is not None:
+                    nursery.start_soon(self._sync_every, self._interval)
+                task_status.started()
+                await self._write_batches()
+        finally:
+            if self._interval is not None:
+                with contextlib.suppress(OSError):
+                    self.log.flush()  # shutting down: make the last interval durable too
+
+    async def _write_batches(self) -> None:
         while True:
             batch = [await self._receive.receive()]
             while len(batch) < MAX_BATCH:
@@ -80,8 +106,11 @@ class AuditSink:
             records = [w.record for w in batch]
             error = ""
             try:
-                # Not cancellable: a half-done append must finish so the chain stays consistent.
-                entries = await trio.to_thread.run_sync(self.log.append_many, records)
+                if self._interval is None:
+                    # Not cancellable: a half-done append must finish so the chain stays whole.
+                    entries = await trio.to_thread.run_sync(self.log.append_many, records)
+                else:
+                    entries = self.log.append_many(records)
             except (OSError, ValueError) as exc:
                 error = f"audit log write failed: {exc}"
                 log.error(error)
@@ -92,3 +121,11 @@ class AuditSink:
             for waiter in batch:
                 waiter.error = error
                 waiter.done.set()
+
+    async def _sync_every(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            try:
+                await trio.to_thread.run_sync(self.log.sync)
+            except OSError as exc:
+                log.error("audit log fsync failed: %s", exc)

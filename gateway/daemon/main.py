@@ -156,14 +156,19 @@ async def run_gateway(
         audit_log = AuditLog.open(
             cfg.audit.path,
             gateway_id=str(cfg.gateway.spiffe_id),
-            fsync="always" if cfg.audit.fsync is FsyncPolicy.ALWAYS else "batch",
+            fsync="always" if cfg.audit.fsync is FsyncPolicy.ALWAYS else "never",
         )
         metrics = GatewayMetrics()
         with audit_log, Spool(cfg.spool.dir, cfg.spool.max_bytes) as spool:
             gateway = Gateway(
                 settings_for(cfg, tls),
                 built.state,
-                audit=AuditSink(audit_log),
+                audit=AuditSink(
+                    audit_log,
+                    interval=None
+                    if cfg.audit.fsync is FsyncPolicy.ALWAYS
+                    else cfg.audit.fsync_interval_ms / 1000,
+                ),
                 spool=spool,
                 connector=tls.connect,
                 metrics=metrics,

@@ -8,11 +8,8 @@ on the Cilium side, and the orders workload's sender on the Weave side.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -21,27 +18,22 @@ import nacl.public
 import trio
 
 from gateway.audit.verify import read_entries, verify
-from gateway.daemon.core import Gateway
 from gateway.daemon.main import run_gateway
-from gateway.demo.topology import (
-    CILIUM,
-    WEAVE,
-    Topology,
-    build_topology,
-    gateway_id,
-    socket_path,
+from gateway.demo.harness import (
+    bundles,
+    envelope,
+    links_up,
+    resolver,
+    spools_empty,
+    tampered,
+    workload_apis,
 )
-from gateway.envelope.recipe import seal
-from gateway.envelope.wire import decode_unverified, encode
+from gateway.demo.topology import CILIUM, WEAVE, Topology, build_topology
+from gateway.envelope.wire import decode_unverified
 from gateway.shim import DirectorySink, Sender, serve_receiver
-from identity.anchor_contract import AnchorResolver
-from identity.bundle import BundleSet, load_bundle_file
-from identity.registry import load_registry
 from identity.tls import client_context
-from identity.workload_api_server import WorkloadApiServer
 from identity.x509svid import X509SVID
 
-LIFETIME = 300
 # The ledger scope's X25519 key: senders seal payloads to it; only the ledger can open them.
 _LEDGER_SEAL_KEY = nacl.public.PrivateKey.generate().public_key
 
@@ -59,55 +51,12 @@ class Row:
         return self.expected == self.result
 
 
-def _bundles(topo: Topology) -> BundleSet:
-    return BundleSet(
-        (
-            load_bundle_file(topo.root / "bundles" / f"{WEAVE.name}.pem", WEAVE),
-            load_bundle_file(topo.root / "bundles" / f"{CILIUM.name}.pem", CILIUM),
-        )
-    )
-
-
-def _resolver(topo: Topology) -> Callable[[], AnchorResolver]:
-    bundles = _bundles(topo)
-
-    def current() -> AnchorResolver:
-        return load_registry(topo.anchors_dir, bundles, now=int(time.time())).registry
-
-    return current
-
-
-def _envelope(topo: Topology, **overrides: object) -> bytes:
-    now = int(time.time())
-    orders = topo.orders
-    claims: dict[str, object] = {
-        "issuer": orders.spiffe_id,
-        "origin_scope": "orders/intake",
-        "destination_scope": "payments/ledger",
-        "destination_id": topo.ledger_id,
-        "tier": 1,
-        "lineage": topo.lineage("orders/intake"),
-        "routing": topo.routing(),
-        "issued_at": now,
-        "expires_at": now + LIFETIME,
-        "payload": b"order 1042: 3 units of SKU-77 " + secrets.token_hex(4).encode(),
-        "signing_key": orders.signing_key,
-    }
-    claims.update(overrides)
-    return seal(**claims)  # type: ignore[arg-type]
-
-
-def _tampered(topo: Topology) -> bytes:
-    original = decode_unverified(_envelope(topo))
-    return encode(original.origin_bytes, original.payload[:-1] + b"!", ())
-
-
 async def _unknown_peer(topo: Topology) -> str:
     """A workload SVID of a trusted domain, posing as a federation peer of gw-cilium."""
     svid = topo.orders.svid
     context = client_context(
         X509SVID(svid.spiffe_id, svid.chain, svid.private_key),
-        _bundles(topo).for_trust_domain(CILIUM),
+        bundles(topo).for_trust_domain(CILIUM),
     )
     stream = await trio.open_tcp_stream("127.0.0.1", topo.cilium_federation)
     tls = trio.SSLStream(stream, context, server_hostname=None)
@@ -147,14 +96,14 @@ async def play(topo: Topology) -> list[Row]:
                 "127.0.0.1",
                 topo.receiver_port,
                 name=str(topo.ledger_id),
-                resolver=_resolver(topo),
+                resolver=resolver(topo),
                 sink=sink,
                 task_status=task_status,
             )
         )
         await nursery.start(sender.run)
         await links_up(gateways)
-        allowed = _envelope(topo)
+        allowed = envelope(topo)
         revoked_lineage = topo.lineage("orders/intake", number=1)
         cases: list[tuple[str, str, bytes]] = [
             ("allowed: orders -> ledger, tier internal", "delivered", allowed),
@@ -162,24 +111,24 @@ async def play(topo: Topology) -> list[Row]:
             (
                 "wrong scope: orders claims payments/api",
                 "refused",
-                _envelope(topo, origin_scope="payments/api"),
+                envelope(topo, origin_scope="payments/api"),
             ),
-            ("tier too low: public", "refused", _envelope(topo, tier=0)),
-            ("tampered payload", "refused", _tampered(topo)),
+            ("tier too low: public", "refused", envelope(topo, tier=0)),
+            ("tampered payload", "refused", tampered(topo)),
             (
                 "routing: may only transit weave.demo.example",
                 "refused",
-                _envelope(topo, routing=topo.routing(WEAVE)),
+                envelope(topo, routing=topo.routing(WEAVE)),
             ),
             (
                 "revoked lineage: orders/intake revision 1",
                 "refused",
-                _envelope(topo, lineage=revoked_lineage),
+                envelope(topo, lineage=revoked_lineage),
             ),
             (
                 "sealed payload (gateways cannot read it), allowed",
                 "delivered",
-                _envelope(topo, payload=b"card ending 4242", seal_to=_LEDGER_SEAL_KEY.encode()),
+                envelope(topo, payload=b"card ending 4242", seal_to=_LEDGER_SEAL_KEY.encode()),
             ),
         ]
         for label, expected, data in cases:
@@ -208,21 +157,6 @@ async def play(topo: Topology) -> list[Row]:
     return rows
 
 
-async def links_up(gateways: list[Gateway], timeout: float = 15.0) -> None:
-    """Wait until every gateway's links to its route targets are connected."""
-    with trio.fail_after(timeout):
-        for gateway in gateways:
-            for link in gateway.delivery.links.values():
-                await link.wait_up()
-
-
-async def spools_empty(gateways: list[Gateway], timeout: float = 15.0) -> None:
-    """Wait until no envelope waits in any gateway's spool."""
-    with trio.fail_after(timeout):
-        while any(len(g.delivery.spool) for g in gateways):
-            await trio.sleep(0.02)
-
-
 def _print_table(rows: list[Row], out: TextIO) -> None:
     headers = ("scenario", "expected", "result", "sender was told", "audit log says")
     table = [
@@ -241,27 +175,8 @@ def run_demo(root: Path, out: TextIO) -> bool:
     verify."""
     started = time.monotonic()
     topo = build_topology(root)
-    servers = [
-        WorkloadApiServer(
-            str(socket_path(root, "gw-weave")),
-            topo.weave_ca,
-            gateway_id(WEAVE, "gw-weave"),
-            svid_lifetime=dt.timedelta(hours=24),
-        ),
-        WorkloadApiServer(
-            str(socket_path(root, "gw-cilium")),
-            topo.cilium_ca,
-            gateway_id(CILIUM, "gw-cilium"),
-            svid_lifetime=dt.timedelta(hours=24),
-        ),
-    ]
-    for server in servers:
-        server.start()
-    try:
+    with workload_apis(topo):
         rows = trio.run(play, topo)
-    finally:
-        for server in servers:
-            server.stop()
     out.write(f"sluice demo: two trust domains, two federated gateways, files in {root}\n\n")
     _print_table(rows, out)
     ok = all(r.ok for r in rows)

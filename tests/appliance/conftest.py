@@ -9,7 +9,9 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -78,6 +80,27 @@ def ip(*args: str) -> str:
 
 def ipj(*args: str) -> Any:
     return json.loads(ip("-j", *args) or "[]")
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], seconds: float, log: Path) -> None:
+    """Wait until ``proc`` creates ``path`` (its readiness marker); fail with its log if it
+    exits or takes longer than ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text(errors='replace')}"
+        assert time.monotonic() < give_up, f"{path} not created: {log.read_text(errors='replace')}"
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: test processes never outlive their test."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def _can_use_netns() -> str | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from gateway.demo.harness import envelope
 from gateway.demo.topology import CILIUM, WEAVE, Topology, build_topology, gateway_id
 from gateway.envelope.wire import decode_unverified
 from identity.anchors import AnchorKeyPair, save_private_key
-from tests.appliance.conftest import ip, ipj, time_limit
+from tests.appliance.conftest import ip, ipj, stop_process, time_limit, wait_for_file
 
 pytestmark = pytest.mark.netns
 
@@ -226,24 +225,6 @@ def _link_stats(ns: str, dev: str) -> tuple[int, int]:
     return int(link["stats64"]["rx"]["packets"]), int(link["stats64"]["tx"]["packets"])
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], seconds: float, log: Path) -> None:
-    give_up = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text(errors='replace')}"
-        assert time.monotonic() < give_up, f"{path} not created: {log.read_text(errors='replace')}"
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture
 def names() -> Iterator[Names]:
     if os.geteuid() != 0:
@@ -342,7 +323,7 @@ def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
                 "--ready-file", str(ready),
                 "--max-seconds", str(TEST_SECONDS),
             )  # fmt: skip
-            _wait_for(ready, receiver, 15, logs / "receiver.log")
+            wait_for_file(ready, receiver, 15, logs / "receiver.log")
             gateway = start(
                 names.gw, "gateway.log", SLUICE, "run", "--config", str(config), cwd=config.parent
             )
@@ -375,7 +356,7 @@ def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
             assert vx_after[0] > vx_before[0] and vx_after[1] > vx_before[1], (vx_before, vx_after)
             assert all(n > 0 for n in _link_stats(names.gw, "vtep0"))
 
-            _stop(gateway)
+            stop_process(gateway)
             assert gateway.returncode == 0, (logs / "gateway.log").read_text(errors="replace")
             records = _audit_decisions(config.parent / "state" / "audit.log")
             got = {
@@ -393,7 +374,7 @@ def test_governed_traffic_from_weave_pod_to_cilium_pod_through_the_appliance(
             assert "vtep0" not in ip("-n", names.gw, "link", "show")
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
         if not torn_down:
             subprocess.run(
                 [SLUICE, "appliance", "teardown", "--netns", names.gw, "--state", str(state)],

@@ -51,7 +51,7 @@ from identity.ca import SvidAuthority
 from identity.endorsement import endorse
 from identity.spiffe_id import parse_spiffe_id
 from identity.x509svid import X509SVID
-from tests.appliance.conftest import ip, time_limit
+from tests.appliance.conftest import ip, stop_process, time_limit, wait_for_file
 from tests.gateway.migration.test_inventory import load_inventory
 
 pytestmark = pytest.mark.netns
@@ -373,7 +373,7 @@ class Cluster:
                 continue
             ns = self.names.nodes[node]
             if node in self.receivers:
-                _stop(self.receivers.pop(node))
+                stop_process(self.receivers.pop(node))
             if have is not None:
                 ip("-n", ns, "addr", "del", f"{have}/32", "dev", "lo")
             self.where[node] = want
@@ -400,25 +400,7 @@ class Cluster:
             )  # fmt: skip
         self.procs.append(proc)
         self.receivers[node] = proc
-        _wait_for(ready, proc, 15, log)
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], seconds: float, log: Path) -> None:
-    give_up = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text(errors='replace')}"
-        assert time.monotonic() < give_up, f"{path} not created: {log.read_text(errors='replace')}"
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        wait_for_file(ready, proc, 15, log)
 
 
 def _wait_delivered(sink: Path, ids: list[str], seconds: float = 20) -> None:
@@ -600,7 +582,7 @@ def test_three_node_migration_through_the_gateway(names: Names, tmp_path: Path) 
                 payloads = [p.read_bytes() for p in cluster.sink(w, "cilium").iterdir()]
                 assert any(p.startswith(b"sluice probe") for p in payloads), w
 
-            _stop(gateway)
+            stop_process(gateway)
             assert gateway.returncode == 0, (work / "gateway.log").read_text(errors="replace")
             assert _run(SLUICE, "audit", "verify", str(etc / "state" / "audit.log"))
             shown = _run(SLUICE, "audit", "show", "--json", str(etc / "state" / "audit.log"))
@@ -612,7 +594,7 @@ def test_three_node_migration_through_the_gateway(names: Names, tmp_path: Path) 
             assert {audit[i]["to"] for i in held_2} == {"net:cilium"}
     finally:
         for proc in cluster.procs:
-            _stop(proc)
+            stop_process(proc)
         subprocess.run([SLUICE, "appliance", "teardown", "--netns", names.gw, "--state",
                         str(net_state)], capture_output=True, timeout=20, check=False)
         print(f"migration test took {time.monotonic() - started:.1f} s")

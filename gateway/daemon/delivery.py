@@ -150,7 +150,11 @@ class Delivery:
                         link = self.ensure(target)
                         if link.up:
                             nursery.start_soon(
-                                self._resend, link, entry.envelope_id, entry.data, limiter,
+                                self._resend,
+                                link,
+                                entry.envelope_id,
+                                entry.data,
+                                limiter,
                                 retry_later,
                             )
             self._metrics.spool_depth.set(len(self.spool))

@@ -39,6 +39,7 @@ from gateway.daemon.audit_sink import AuditSink
 from gateway.daemon.core import Gateway
 from gateway.daemon.runtime import (
     TlsMaterial,
+    anchors_fingerprint,
     build,
     load_anchor,
     settings_for,
@@ -178,10 +179,19 @@ async def run_gateway(
             log.info("replay window restored with %d recent envelope ids", restored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(gateway.serve)
-                rebuild = _Rebuilder(cfg, anchor, source, gateway, tls, clock, fetched)
+                rebuild = _Rebuilder(
+                    cfg,
+                    anchor,
+                    source,
+                    gateway,
+                    tls,
+                    clock,
+                    fetched,
+                    (snapshot.version, built.own_endorsement),
+                )
                 nursery.start_soon(_follow_identity, source, rebuild, gateway)
                 nursery.start_soon(_refresh_bundles, rebuild)
-                nursery.start_soon(_follow_migration, rebuild)
+                nursery.start_soon(_follow_files, rebuild)
                 nursery.start_soon(_signals, config_path, rebuild, gateway, nursery.cancel_scope)
                 task_status.started(gateway)
     finally:
@@ -200,6 +210,7 @@ class _Rebuilder:
         tls: TlsMaterial,
         clock: Callable[[], float],
         fetched: dict[TrustDomain, TrustBundle],
+        endorsed: tuple[int, bytes] | None = None,
     ) -> None:
         self.cfg = cfg
         self.anchor = anchor
@@ -208,14 +219,20 @@ class _Rebuilder:
         self.tls = tls
         self.clock = clock
         self.fetched = fetched
+        self._endorsed = endorsed  # (identity version, our endorsement of it)
 
     def __call__(self) -> None:
         """Raises ValueError/OSError (ConfigError, InvalidBundle, ...): nothing was swapped."""
         snapshot = self.source.current()
         if snapshot is None:
             return
-        built = build(self.cfg, snapshot, self.anchor, int(self.clock()), self.fetched)
-        write_own_endorsement(self.cfg, built.own_endorsement)
+        own = (
+            self._endorsed[1] if self._endorsed and self._endorsed[0] == snapshot.version else None
+        )
+        built = build(self.cfg, snapshot, self.anchor, int(self.clock()), self.fetched, own)
+        if own is None:
+            write_own_endorsement(self.cfg, built.own_endorsement)
+            self._endorsed = (snapshot.version, built.own_endorsement)
         self.tls.update(snapshot, built.bundles)
         self.gateway.update_state(built.state)
 
@@ -258,22 +275,28 @@ async def _refresh_bundles(rebuild: _Rebuilder) -> None:
             log.info("peer bundles refreshed from their endpoints")
 
 
-async def _follow_migration(rebuild: _Rebuilder) -> None:
-    """Rebuild the routes when the migration journal changes (polled every second)."""
-    seen = journal_stamp(rebuild.cfg.migration)
+async def _follow_files(rebuild: _Rebuilder) -> None:
+    """Rebuild when the migration journal or the anchors' endorsement files change (polled every
+    second): a node's cutover, or a peer's fresh endorsement after its SVID rotated, takes effect
+    without a SIGHUP."""
+
+    def fingerprint() -> object:
+        return (journal_stamp(rebuild.cfg.migration), anchors_fingerprint(rebuild.cfg))
+
+    seen = fingerprint()
     while True:
         await trio.sleep(MIGRATION_POLL)
-        stamp = journal_stamp(rebuild.cfg.migration)
-        if stamp == seen:
+        current = fingerprint()
+        if current == seen:
             continue
         try:
             rebuild()
         except (ValueError, OSError) as exc:
-            log.error("migration state not applied (routes unchanged): %s", exc)
+            log.error("changed migration state or anchors not applied: %s", exc)
             continue  # retried at the next change
         finally:
-            seen = stamp
-        log.info("migration journal changed: routes rebuilt")
+            seen = current
+        log.info("migration journal or anchors changed: state rebuilt")
 
 
 async def _follow_identity(source: SvidSource, rebuild: _Rebuilder, gateway: Gateway) -> None:

@@ -143,6 +143,7 @@ def build(
     anchor: AnchorKeyPair,
     now: int,
     fetched: Mapping[TrustDomain, TrustBundle] | None = None,
+    own_endorsement: bytes | None = None,
 ) -> Built:
     """Build one generation of state.
 
@@ -151,7 +152,9 @@ def build(
             are not usable; the caller keeps the previous generation.
     """
     bundles = load_bundles(cfg, snapshot, fetched)
-    own = endorse_own_anchor(anchor, snapshot, now)
+    # Re-endorsing makes new bytes each time (fresh signature and window), so callers pass the
+    # endorsement of the current identity back in and it is only re-made when the SVID changes.
+    own = own_endorsement or endorse_own_anchor(anchor, snapshot, now)
     registry = build_registry(cfg, bundles, own, now)
     policies = load_policy_store([scope.policy for scope in cfg.scopes], tiers=tier_names(cfg))
     state = GatewayState(
@@ -167,6 +170,28 @@ def build(
 
 def write_own_endorsement(cfg: GatewayConfig, data: bytes) -> None:
     write_file_atomic(cfg.anchor.endorsement, data, overwrite=True)
+
+
+def anchors_fingerprint(cfg: GatewayConfig) -> tuple[tuple[str, int, int], ...]:
+    """Names, mtimes and sizes of the endorsement and revocation files this gateway reads, so a
+    watcher notices a peer's new endorsement; the gateway's own endorsement is left out (the
+    gateway writes it itself)."""
+    paths = [Path(p) for p in cfg.trust.endorsements]
+    directory = cfg.trust.anchors_dir
+    if directory is not None and directory.is_dir():
+        paths += sorted(directory.glob("*.endorsement"))
+        paths.append(directory / "revoked.toml")
+    own = cfg.anchor.endorsement.resolve()
+    out = []
+    for path in paths:
+        try:
+            if path.resolve() == own:
+                continue
+            info = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(out)
 
 
 class TlsMaterial:

@@ -10,6 +10,7 @@ through gateway ``gw-weave`` and, over mutual TLS, gateway ``gw-cilium``.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,32 @@ ROGUE = parse_trust_domain("rogue.demo.example")
 SVID_LIFETIME = dt.timedelta(hours=24)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (the demo binds it again right away)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port that was free a moment ago, for a listener the demo starts right away.
+
+    It is chosen *below* the kernel's ephemeral range: asking for port 0 would return an
+    ephemeral port, which any outgoing connection on the machine may take before our listener
+    binds it.
+    """
+    low, _ = _ephemeral_range()
+    top = max(low - 1, 20000)
+    for _ in range(200):
+        port = secrets.randbelow(top - 15000) + 15000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port below the ephemeral range")
 
 
 @dataclass(frozen=True, slots=True)

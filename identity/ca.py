@@ -73,18 +73,9 @@ class SvidAuthority:
         """A self-signed root for ``trust_domain``: the trust bundle's content."""
         now = now or dt.datetime.now(dt.UTC)
         key = new_private_key(key_type)
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sluice"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain.name} root"),
-            ]
-        )
-        cert = (
-            _ca_builder(name, name, key.public_key(), trust_domain, now, lifetime)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .sign(key, _hash_for(key))
+        name = _ca_name(trust_domain, "root")
+        cert = _ca_builder(name, name, key.public_key(), trust_domain, now, lifetime).sign(
+            key, _hash_for(key)
         )
         return cls(trust_domain, cert, key)
 
@@ -106,18 +97,10 @@ class SvidAuthority:
         """A subordinate signing authority whose certificates chain through this one."""
         now = now or dt.datetime.now(dt.UTC)
         key = new_private_key(key_type)
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sluice"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{self.trust_domain.name} intermediate"),
-            ]
-        )
+        name = _ca_name(self.trust_domain, "intermediate")
         cert = (
             _ca_builder(
                 name, self.certificate.subject, key.public_key(), self.trust_domain, now, lifetime
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
             .add_extension(_aki(self.certificate), critical=False)
             .sign(self.private_key, _hash_for(self.private_key))
@@ -184,6 +167,15 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
+def _ca_name(trust_domain: TrustDomain, role: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sluice"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain.name} {role}"),
+        ]
+    )
+
+
 def _ca_builder(
     subject: x509.Name,
     issuer: x509.Name,
@@ -219,4 +211,5 @@ def _ca_builder(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(trust_domain.id_string)]),
             critical=False,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )

@@ -49,13 +49,19 @@ def free_port() -> int:
     top = max(low - 1, 20000)
     for _ in range(200):
         port = secrets.randbelow(top - 15000) + 15000
+        if port in _HANDED_OUT:  # never twice in one process: its first user may not be up yet
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise OSError("no free port below the ephemeral range")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)

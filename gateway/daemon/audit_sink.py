@@ -43,7 +43,7 @@ class AuditUnavailable(Exception):
 
 @dataclass(slots=True)
 class _Waiter:
-    record: AuditRecord
+    records: list[AuditRecord]
     done: trio.Event = field(default_factory=trio.Event)
     error: str = ""
 
@@ -71,12 +71,20 @@ class AuditSink:
         self._observer = observer
 
     async def record(self, record: AuditRecord) -> None:
-        """Append ``record``; return once the writer has committed it.
+        """Append ``record``; return once the writer has committed it (:meth:`record_many`).
 
         Raises:
             AuditUnavailable: the write failed; the caller must not acknowledge the envelope.
         """
-        waiter = _Waiter(record)
+        await self.record_many([record])
+
+    async def record_many(self, records: list[AuditRecord]) -> None:
+        """Append ``records`` in this order (one wait for all); return once all are committed.
+
+        Raises:
+            AuditUnavailable: the write failed; none of them may be acknowledged.
+        """
+        waiter = _Waiter(records)
         await self._send.send(waiter)
         await waiter.done.wait()
         if waiter.error:
@@ -98,12 +106,14 @@ class AuditSink:
     async def _write_batches(self) -> None:
         while True:
             batch = [await self._receive.receive()]
-            while len(batch) < MAX_BATCH:
+            records = list(batch[0].records)
+            while len(records) < MAX_BATCH:
                 try:
-                    batch.append(self._receive.receive_nowait())
+                    waiter = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     break
-            records = [w.record for w in batch]
+                batch.append(waiter)
+                records.extend(waiter.records)
             error = ""
             try:
                 if self._interval is None:

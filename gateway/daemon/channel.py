@@ -16,6 +16,8 @@ surface as ``trio.BrokenResourceError`` / ``trio.ClosedResourceError``, kept dis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from gateway.errors import LocalProtocolError
@@ -58,8 +60,38 @@ class FramedChannel:
         if self._broken is not None:
             raise trio.BrokenResourceError("an earlier write failed") from self._broken
         data = self.protocol.send(event)
-        if not data:
-            return
+        if data:
+            await self._write(data)
+
+    async def send_many(self, events: Sequence[Event]) -> list[LocalProtocolError | None]:
+        """Encode several events and write them together (one write unless other senders'
+        frames join the same flush), as :meth:`send` does for one.
+
+        Returns:
+            Per event, ``None`` when it was written, or the :class:`LocalProtocolError` that kept
+            it from being encoded (the connection's state is unchanged for that event; the others
+            are still sent).
+
+        Raises:
+            trio.BrokenResourceError: as :meth:`send`; then none of them is known to be sent.
+        """
+        if self._broken is not None:
+            raise trio.BrokenResourceError("an earlier write failed") from self._broken
+        problems: list[LocalProtocolError | None] = []
+        chunks: list[bytes] = []
+        for event in events:
+            try:
+                chunks.append(self.protocol.send(event))
+            except LocalProtocolError as exc:
+                problems.append(exc)
+            else:
+                problems.append(None)
+        data = b"".join(chunks)
+        if data:
+            await self._write(data)
+        return problems
+
+    async def _write(self, data: bytes) -> None:
         self._queue.append(data)
         # Our frame goes out with the flush that starts after any flush now in progress.
         wanted = self._flushes_started + 1
@@ -95,6 +127,15 @@ class FramedChannel:
     def _wake(self) -> None:
         self._flushed.set()
         self._flushed = trio.Event()
+
+    def receive_nowait(self) -> Event | None:
+        """The next event already buffered, or ``None`` when a read is needed first.
+
+        Raises:
+            FramingError: as :meth:`receive`.
+        """
+        event = self.protocol.next_event()
+        return None if event is NEED_DATA else event
 
     async def receive(self) -> Event:
         """The next event from the peer; ``ConnectionClosed`` once the stream ended."""

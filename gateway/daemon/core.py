@@ -27,6 +27,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -37,7 +38,7 @@ from gateway.audit.record import Decision as AuditDecision
 from gateway.audit.render import render_json
 from gateway.daemon.audit_sink import AuditSink, AuditUnavailable
 from gateway.daemon.channel import FramedChannel, HandshakeError
-from gateway.daemon.delivery import Delivery, Outcome
+from gateway.daemon.delivery import Delivery
 from gateway.daemon.http import Page, serve_http, text_page
 from gateway.daemon.links import Connector
 from gateway.envelope.recipe import digest
@@ -46,6 +47,7 @@ from gateway.errors import LocalProtocolError, RemoteProtocolError
 from gateway.framing import (
     ConnectionClosed,
     EnvelopeFrame,
+    Event,
     FramingError,
     GoAway,
     Hello,
@@ -135,6 +137,7 @@ class Gateway:
         self._live = _Live()
         self._listener_scopes: list[trio.CancelScope] = []
         self._extra_pages = dict(extra_pages or {})
+        self._decision_counters: dict[tuple[str, str, str], Any] = {}
         # The live governance-flow view: fed from committed audit entries, bounded in memory.
         self.graph = GraphBuilder(max_samples=5, max_flows=LIVE_GRAPH_FLOWS)
         audit.observe(self.graph.add)
@@ -260,37 +263,7 @@ class Gateway:
         self._live.channels.add(channel)
         try:
             async with trio.open_nursery() as tasks:
-                while True:
-                    try:
-                        with trio.move_on_after(settings.idle_timeout) as idle:
-                            event = await channel.receive()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        # The upstream is gone. Envelopes already decided (their ids are in the
-                        # replay window) still finish their hand-off; only the receipt is lost,
-                        # and the sender's retry then truthfully hears "replayed".
-                        break
-                    except FramingError as exc:
-                        self._reject(arrival, exc)
-                        await channel.send_goaway(exc.error_hint.reason)
-                        break
-                    if idle.cancelled_caught:
-                        await channel.send_goaway(Reason.UNAVAILABLE, "idle timeout")
-                        break
-                    match event:
-                        case EnvelopeFrame(correlation_id=cid, envelope=data):
-                            self._begin()
-                            outcome = self._decide(data, arrival)
-                            tasks.start_soon(self._complete, channel, cid, data, arrival, outcome)
-                        case Ping(nonce=nonce):
-                            await channel.send(Pong(nonce))
-                        case Pong():
-                            pass
-                        case GoAway():
-                            pass  # the peer sends nothing new; keep reading until it closes
-                        case ConnectionClosed():
-                            break
-                        case _:
-                            raise LocalProtocolError(f"unexpected {type(event).__name__}")
+                await self._read(channel, arrival, tasks)
         except* FramingError as group:  # raised inside the nursery: always wrapped
             framing_error = group.exceptions[0]
             assert isinstance(framing_error, FramingError)
@@ -301,6 +274,70 @@ class Gateway:
             await channel.send_goaway(Reason.MALFORMED)
         finally:
             self._live.channels.discard(channel)
+
+    async def _read(self, channel: FramedChannel, arrival: Arrival, tasks: trio.Nursery) -> None:
+        """Read frames until the upstream ends, breaks the protocol or stays idle too long;
+        envelopes are decided here and settled in ``tasks``."""
+        while True:
+            try:
+                event: Event | None = None
+                with trio.move_on_after(self.settings.idle_timeout) as idle:
+                    event = await channel.receive()
+                if isinstance(event, EnvelopeFrame):
+                    event = self._take_envelopes(channel, event, arrival, tasks)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The upstream is gone. Envelopes already decided (their ids are in the replay
+                # window) still finish their hand-off; only the receipt is lost, and the
+                # sender's retry then truthfully hears "replayed".
+                return
+            except FramingError as exc:
+                self._reject(arrival, exc)
+                await channel.send_goaway(exc.error_hint.reason)
+                return
+            if idle.cancelled_caught:
+                await channel.send_goaway(Reason.UNAVAILABLE, "idle timeout")
+                return
+            match event:
+                case None | Pong() | GoAway():
+                    pass  # after GOAWAY the peer sends nothing new; read on until it closes
+                case Ping(nonce=nonce):
+                    await channel.send(Pong(nonce))
+                case ConnectionClosed():
+                    return
+                case _:
+                    raise LocalProtocolError(f"unexpected {type(event).__name__}")
+
+    def _take_envelopes(
+        self,
+        channel: FramedChannel,
+        first: EnvelopeFrame,
+        arrival: Arrival,
+        tasks: trio.Nursery,
+    ) -> Event | None:
+        """Decide ``first`` and every envelope frame already buffered behind it (pure CPU, no
+        awaits), then settle them together in one task: one audit commit, one write per next
+        hop, one write of their receipts. Under load a read carries many frames, so the per-task
+        and per-wakeup costs are paid per batch instead of per envelope.
+
+        Returns:
+            The first buffered event that is not an envelope, or ``None`` when a read is needed.
+
+        Raises:
+            FramingError: a buffered frame broke the protocol; the envelopes before it are still
+                settled.
+        """
+        batch: list[_Item] = []
+        event: Event | None = first
+        try:
+            while isinstance(event, EnvelopeFrame):
+                self._begin()
+                data = event.envelope
+                batch.append(_Item(event.correlation_id, data, self._decide(data, arrival)))
+                event = channel.receive_nowait()
+        finally:
+            if batch:
+                tasks.start_soon(self._complete, channel, arrival, batch)
+        return event
 
     def _reject(self, arrival: Arrival, exc: Exception) -> None:
         reason = exc.reason.value if isinstance(exc, RemoteProtocolError) else "handshake"
@@ -339,50 +376,100 @@ class Gateway:
             self._live.idle.set()
             self._live.idle = trio.Event()
 
-    async def _complete(
-        self,
-        channel: FramedChannel,
-        cid: int,
-        data: bytes,
-        arrival: Arrival,
-        outcome: Forward | Refuse,
-    ) -> None:
+    async def _complete(self, channel: FramedChannel, arrival: Arrival, batch: list[_Item]) -> None:
         try:
-            receipt = await self._settle(data, arrival, outcome)
+            answers = await self._settle(arrival, batch)
         finally:
-            self._end()
+            for _ in batch:
+                self._end()
         # If the upstream went away it retries later and gets `replayed` (already handled).
-        with contextlib.suppress(
-            trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError
-        ):
-            await channel.send(receipt.for_id(cid))
-
-    async def _settle(self, data: bytes, arrival: Arrival, outcome: Forward | Refuse) -> _Answer:
-        network = arrival.network
-        try:
-            if isinstance(outcome, Refuse):
-                self.metrics.decisions.labels(
-                    decision="deny", reason=outcome.reason.value, network=network
-                ).inc()
-                await self.audit.record(self._refusal_record(data, arrival, outcome))
-                return _Answer(
-                    outcome.reason_for_sender, outcome.detail if outcome.verified else ""
-                )
-            self.metrics.decisions.labels(decision="allow", reason="allowed", network=network).inc()
-            await self.audit.record(self._forward_record(data, arrival, outcome))
-            delivered = await self.delivery.deliver(
-                outcome.target, outcome.envelope.claims.envelope_id, outcome.data
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await channel.send_many(
+                [answer.for_id(item.cid) for item, answer in zip(batch, answers, strict=True)]
             )
-            if delivered.ack:
-                return _Answer(None)
-            await self._audit_delivery_failure(data, arrival, outcome, delivered)
-            if delivered.reason is Reason.OVERLOADED:
-                self.replay.forget(outcome.envelope.claims.envelope_id)
-            return _Answer(delivered.reason or Reason.INTERNAL, delivered.detail)
+
+    async def _settle(self, arrival: Arrival, batch: list[_Item]) -> list[_Answer]:
+        """Audit every decision of ``batch`` (one commit), then deliver the forwarded ones (one
+        hand-off per next hop, concurrently); the answer for each envelope, in order."""
+        records = []
+        for item in batch:
+            outcome = item.outcome
+            if isinstance(outcome, Refuse):
+                self._count("deny", outcome.reason.value, arrival.network)
+                records.append(self._refusal_record(item.data, arrival, outcome))
+            else:
+                self._count("allow", "allowed", arrival.network)
+                records.append(self._forward_record(item.data, arrival, outcome))
+        try:
+            await self.audit.record_many(records)
         except AuditUnavailable:
-            if isinstance(outcome, Forward):
-                self.replay.forget(outcome.envelope.claims.envelope_id)
-            return _Answer(Reason.UNAVAILABLE, "audit log unavailable")
+            for item in batch:
+                if isinstance(item.outcome, Forward):
+                    self.replay.forget(item.outcome.envelope.claims.envelope_id)
+            return [_AUDIT_DOWN] * len(batch)
+        answers = [_ACK] * len(batch)
+        by_target: dict[str, list[int]] = {}
+        for i, item in enumerate(batch):
+            if isinstance(item.outcome, Refuse):
+                refuse = item.outcome
+                answers[i] = _Answer(
+                    refuse.reason_for_sender, refuse.detail if refuse.verified else ""
+                )
+            else:
+                by_target.setdefault(item.outcome.target.key, []).append(i)
+        groups = list(by_target.values())
+        if len(groups) == 1:
+            await self._deliver(arrival, batch, groups[0], answers)
+        elif groups:
+            async with trio.open_nursery() as nursery:
+                for group in groups:
+                    nursery.start_soon(self._deliver, arrival, batch, group, answers)
+        return answers
+
+    async def _deliver(
+        self, arrival: Arrival, batch: list[_Item], group: list[int], answers: list[_Answer]
+    ) -> None:
+        """Deliver the forwards ``batch[i] for i in group`` (one next hop) and fill their
+        ``answers``; a delivery that fails is audited as a denial before it is answered."""
+        forwards = [batch[i].outcome for i in group]
+        assert all(isinstance(f, Forward) for f in forwards)
+        forwarded = [f for f in forwards if isinstance(f, Forward)]
+        outcomes = await self.delivery.deliver_many(
+            forwarded[0].target, [(f.envelope.claims.envelope_id, f.data) for f in forwarded]
+        )
+        failed: list[tuple[int, Forward, Reason, str]] = []
+        for i, fwd, delivered in zip(group, forwarded, outcomes, strict=True):
+            if not delivered.ack:
+                failed.append((i, fwd, delivered.reason or Reason.INTERNAL, delivered.detail))
+        if not failed:
+            return
+        records = [
+            _as_denial(self._forward_record(batch[i].data, arrival, fwd), reason.value, "delivery")
+            for i, fwd, reason, _ in failed
+        ]
+        try:
+            await self.audit.record_many(records)
+        except AuditUnavailable:
+            for i, fwd, _, _ in failed:
+                self.replay.forget(fwd.envelope.claims.envelope_id)
+                answers[i] = _AUDIT_DOWN
+            return
+        for i, fwd, reason, detail in failed:
+            if reason is Reason.OVERLOADED:
+                self.replay.forget(fwd.envelope.claims.envelope_id)
+            answers[i] = _Answer(reason, detail)
+
+    def _count(self, decision: str, reason: str, network: str) -> None:
+        # prometheus_client's labels() costs microseconds; the children are cached per label set
+        # (bounded: decisions x reason codes x networks).
+        key = (decision, reason, network)
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            counter = self.metrics.decisions.labels(
+                decision=decision, reason=reason, network=network
+            )
+            self._decision_counters[key] = counter
+        counter.inc()
 
     # -- audit records -------------------------------------------------------------------------
 
@@ -428,13 +515,6 @@ class Gateway:
             envelope_digest=digest(data),
             envelope=data if self.settings.keep_envelopes else None,
         )
-
-    async def _audit_delivery_failure(
-        self, data: bytes, arrival: Arrival, fwd: Forward, delivered: Outcome
-    ) -> None:
-        record = self._forward_record(data, arrival, fwd)
-        reason = delivered.reason or Reason.INTERNAL
-        await self.audit.record(_as_denial(record, reason.value, "delivery"))
 
     async def _audit_drop(self, data: bytes, target: str, reason: Reason, detail: str) -> None:
         """A spooled envelope that will never be delivered (expired, or refused downstream)."""
@@ -489,6 +569,15 @@ class Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class _Item:
+    """One envelope of a batch: its correlation id upstream, its bytes and what was decided."""
+
+    cid: int
+    data: bytes
+    outcome: Forward | Refuse
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
     """The receipt to send once an envelope is settled: ACK when ``reason`` is None."""
 
@@ -499,6 +588,10 @@ class _Answer:
         if self.reason is None:
             return Receipt.ack(cid)
         return Receipt.nack(cid, self.reason, self.detail[:200])
+
+
+_ACK = _Answer(None)
+_AUDIT_DOWN = _Answer(Reason.UNAVAILABLE, "audit log unavailable")
 
 
 def _hop(kind: str, name: str) -> str:

@@ -52,6 +52,10 @@ class Outcome:
     detail: str = ""
 
 
+_DELIVERED = Outcome(ack=True)
+_SPOOLED = Outcome(ack=True, spooled=True)
+_SPOOL_FULL = Outcome(ack=False, reason=Reason.OVERLOADED, detail="spool full")
+
 SpoolDrop = Callable[[bytes, str, Reason, str], Awaitable[None]]
 
 
@@ -166,28 +170,70 @@ class Delivery:
 
     async def deliver(self, target: RouteTarget, envelope_id: bytes, data: bytes) -> Outcome:
         """Hand ``data`` to ``target`` or to the spool; see the module docstring."""
+        return (await self.deliver_many(target, [(envelope_id, data)]))[0]
+
+    async def deliver_many(
+        self, target: RouteTarget, envelopes: list[tuple[bytes, bytes]]
+    ) -> list[Outcome]:
+        """Hand several ``(envelope_id, data)`` to ``target`` together (one write, one wait for
+        their receipts), spooling those the link could not deliver (one fsync); an outcome per
+        envelope, in order."""
         link = self.ensure(target)
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
         if link.up and not self._has_backlog(target.key):
-            try:
-                receipt = await link.submit(data, timeout=self._receipt_timeout)
-            except LinkUnavailable as exc:
-                log.debug("spooling for %s: %s", target.key, exc)
-            else:
+            submitted = await link.submit_many(
+                [data for _, data in envelopes], timeout=self._receipt_timeout
+            )
+            delivered = self._metrics.delivered.labels(target=target.key)
+            for i, receipt in enumerate(submitted.receipts):
+                if receipt is None:
+                    continue
                 if receipt.status is ReceiptStatus.ACK:
-                    self._metrics.delivered.labels(target=target.key).inc()
-                    return Outcome(ack=True)
-                return Outcome(
-                    ack=False, reason=receipt.reason or Reason.INTERNAL, detail=receipt.detail
-                )
-        try:
-            await trio.to_thread.run_sync(self.spool.put, envelope_id, target.key, data)
-        except SpoolFull as exc:
-            log.warning("spool full: %s", exc)
-            return Outcome(ack=False, reason=Reason.OVERLOADED, detail="spool full")
-        self._metrics.spooled.labels(target=target.key).inc()
-        self._metrics.spool_depth.set(len(self.spool))
-        self._wake(target.key)
-        return Outcome(ack=True, spooled=True)
+                    delivered.inc()
+                    outcomes[i] = _DELIVERED
+                else:
+                    outcomes[i] = Outcome(
+                        ack=False, reason=receipt.reason or Reason.INTERNAL, detail=receipt.detail
+                    )
+            if any(o is None for o in outcomes):
+                log.debug("spooling for %s: %s", target.key, submitted.problem)
+        unsent = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if unsent:
+            spooled = await self._spool(target, [envelopes[i] for i in unsent])
+            for i, outcome in zip(unsent, spooled, strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    async def _spool(
+        self, target: RouteTarget, envelopes: list[tuple[bytes, bytes]]
+    ) -> list[Outcome]:
+        """Store envelopes durably for the drainer: one fsync for all when they fit together,
+        else one by one (as many as fit)."""
+
+        def put() -> list[Outcome]:
+            items = [(envelope_id, target.key, data) for envelope_id, data in envelopes]
+            try:
+                self.spool.put_many(items)
+                return [_SPOOLED] * len(items)
+            except SpoolFull:
+                pass
+            outcomes = []
+            for item in items:
+                try:
+                    self.spool.put(*item)
+                    outcomes.append(_SPOOLED)
+                except SpoolFull as exc:
+                    log.warning("spool full: %s", exc)
+                    outcomes.append(_SPOOL_FULL)
+            return outcomes
+
+        outcomes = await trio.to_thread.run_sync(put)
+        stored = sum(1 for o in outcomes if o.spooled)
+        if stored:
+            self._metrics.spooled.labels(target=target.key).inc(stored)
+            self._metrics.spool_depth.set(len(self.spool))
+            self._wake(target.key)
+        return outcomes
 
     def _has_backlog(self, key: str) -> bool:
         # While older envelopes for this target wait in the spool, new ones queue behind them, so a

@@ -44,9 +44,25 @@ class LinkUnavailable(Exception):
     """The envelope could not be handed to the next hop; it was not (known to be) received."""
 
 
+class _Group:
+    """The envelopes of one :meth:`Link.submit_many` call: ``done`` is set once every one has its
+    receipt, or the connection ended (those left without a receipt stay ``None``)."""
+
+    __slots__ = ("done", "remaining")
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.done = trio.Event()
+
+    def answered(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.done.set()
+
+
 @dataclass(slots=True)
 class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
+    group: _Group
     receipt: Receipt | None = None
 
 
@@ -133,7 +149,7 @@ class Link:
                 self._up = trio.Event()
                 self._on_state(False)
                 for pending in session.pending.values():
-                    pending.done.set()  # receipt stays None: the caller spools
+                    pending.group.done.set()  # receipt stays None: the caller spools
         finally:
             await channel.aclose()
 
@@ -146,7 +162,7 @@ class Link:
                     pending = session.pending.pop(cid, None)
                     if pending is not None:
                         pending.receipt = event
-                        pending.done.set()
+                        pending.group.answered()
                         session.window.release()
                 case Ping(nonce=nonce):
                     await channel.send(Pong(nonce))
@@ -174,41 +190,100 @@ class Link:
                 raise trio.BrokenResourceError("keepalive unanswered") from None
 
     async def submit(self, envelope: bytes, *, timeout: float) -> Receipt:
-        """Send one envelope and wait for its receipt.
-
-        A window slot is held from sending until the receipt arrives (the reader releases it), as
-        the peer counts the envelope as in flight until it answers; a submission that times out
-        leaves its slot to the late receipt or to the end of the connection.
+        """Send one envelope and wait for its receipt (:meth:`submit_many` of one).
 
         Raises:
             LinkUnavailable: not connected, no window slot, or no receipt within ``timeout``, or
                 the connection broke first. The next hop may or may not have it; the caller
                 spools it and the final receiver deduplicates by envelope id.
         """
+        submitted = await self.submit_many([envelope], timeout=timeout)
+        receipt = submitted.receipts[0]
+        if receipt is None:
+            raise LinkUnavailable(submitted.problem)
+        return receipt
+
+    async def submit_many(self, envelopes: list[bytes], *, timeout: float) -> Submitted:
+        """Send envelopes (in this order, coalesced into as few writes as the window allows)
+        and wait, up to ``timeout`` in all, for their receipts.
+
+        A window slot is held per envelope from sending until its receipt arrives (the reader
+        releases it), as the peer counts it in flight until it answers. Slots are taken without
+        waiting while they are free; when the window is full, the envelopes already holding slots
+        are sent before waiting for another, so concurrent callers never hold unsent slots
+        against each other. A submission that times out leaves its slots to the late receipts or
+        to the end of the connection.
+
+        Returns:
+            A receipt per envelope, in order; ``None`` where none came (not connected, no slot in
+            time, write failed, timed out, or the connection broke): the next hop may or may not
+            have those, so the caller spools them and the final receiver deduplicates by id.
+        """
+        if not envelopes:
+            return Submitted([])
+        pendings: list[_Pending] = []
+        problem = f"no receipt from {self.target.key} within {timeout}s"
         with trio.move_on_after(timeout):
             await self.wait_up()
             session = self._session
             if session is None:
-                raise LinkUnavailable("link went down")
-            await session.window.acquire()
-            if session.broken:
-                raise LinkUnavailable("link went down")
-            cid = session.next_id
-            session.next_id += 1
-            pending = _Pending()
-            session.pending[cid] = pending
+                return Submitted([None] * len(envelopes), "link went down")
+            group = _Group(len(envelopes))
+            frames: list[EnvelopeFrame] = []
             try:
-                await session.channel.send(EnvelopeFrame(cid, envelope))
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                trio.TooSlowError,
-                LocalProtocolError,
-            ) as exc:
-                session.pending.pop(cid, None)
-                raise LinkUnavailable(str(exc) or type(exc).__name__) from exc
-            await pending.done.wait()
-            if pending.receipt is None:
-                raise LinkUnavailable("connection closed before the receipt")
-            return pending.receipt
-        raise LinkUnavailable(f"no receipt from {self.target.key} within {timeout}s")
+                for envelope in envelopes:
+                    try:
+                        session.window.acquire_nowait()
+                    except trio.WouldBlock:
+                        await self._send(session, frames)
+                        frames = []
+                        await session.window.acquire()
+                    if session.broken:
+                        raise LinkUnavailable("link went down")
+                    cid = session.next_id
+                    session.next_id += 1
+                    pending = _Pending(group)
+                    session.pending[cid] = pending
+                    pendings.append(pending)
+                    frames.append(EnvelopeFrame(cid, envelope))
+                await self._send(session, frames)
+            except LinkUnavailable as exc:
+                return Submitted(self._answers(pendings, len(envelopes)), str(exc))
+            await group.done.wait()
+            problem = "connection closed before the receipt"
+        return Submitted(self._answers(pendings, len(envelopes)), problem)
+
+    @staticmethod
+    def _answers(pendings: list[_Pending], count: int) -> list[Receipt | None]:
+        receipts: list[Receipt | None] = [p.receipt for p in pendings]
+        receipts.extend([None] * (count - len(receipts)))
+        return receipts
+
+    @staticmethod
+    async def _send(session: _Session, frames: list[EnvelopeFrame]) -> None:
+        """Write ``frames`` (each holding a window slot and a pending entry). A frame the
+        protocol refuses (too large for the peer, say) is answered at once with no receipt and
+        gives its slot back; a failed write fails them all."""
+        if not frames:
+            return
+        try:
+            problems = await session.channel.send_many(frames)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            for frame in frames:
+                session.pending.pop(frame.correlation_id, None)
+            raise LinkUnavailable(str(exc) or type(exc).__name__) from exc
+        for frame, problem in zip(frames, problems, strict=True):
+            if problem is not None:
+                log.debug("envelope not sent: %s", problem)
+                pending = session.pending.pop(frame.correlation_id)
+                session.window.release()
+                pending.group.answered()
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What :meth:`Link.submit_many` got: a receipt per envelope (``None``: none came), and
+    why the first missing one is missing."""
+
+    receipts: list[Receipt | None]
+    problem: str = ""

@@ -45,6 +45,13 @@ class FrameType(enum.IntEnum):
     PONG = 5
     GOAWAY = 6
 
+    # Enum's own __hash__ is Python code (hash of the name); these members are looked up in a
+    # dict for every frame, and an IntEnum equals its int, so the int's C hash is the right one.
+    __hash__ = int.__hash__
+
+
+_FRAME_TYPES = {int(t): t for t in FrameType}
+
 
 FRAME_TYPE_OF: dict[type[FrameEvent], FrameType] = {
     Hello: FrameType.HELLO,
@@ -59,13 +66,17 @@ FRAME_TYPE_OF: dict[type[FrameEvent], FrameType] = {
 # -- header --------------------------------------------------------------------------------------
 
 
-def parse_header(header: bytes, offset: int, max_body: int) -> tuple[FrameType, int]:
+def parse_header(
+    header: bytes | bytearray, offset: int, max_body: int, at: int = 0
+) -> tuple[FrameType, int]:
     """Check one 8-byte header before anything it announces is buffered.
 
     Args:
-        header: exactly HEADER_BYTES bytes.
+        header: holds the HEADER_BYTES header bytes at index ``at`` (a whole receive buffer may
+            be passed, so the header is not copied out first).
         offset: stream offset of the header, for error messages.
         max_body: the largest body the receiver accepts right now.
+        at: index of the header in ``header``.
 
     Returns:
         The frame type and the body length.
@@ -74,7 +85,7 @@ def parse_header(header: bytes, offset: int, max_body: int) -> tuple[FrameType, 
         FramingError: bad magic (MALFORMED), other version (UNSUPPORTED_VERSION), unknown type
             (MALFORMED), or a length above ``max_body`` (TOO_LARGE).
     """
-    magic, version, type_byte, length = _HEADER.unpack(header)
+    magic, version, type_byte, length = _HEADER.unpack_from(header, at)
     if magic != limits.MAGIC:
         raise FramingError(
             Reason.MALFORMED, f"bad magic {magic!r}, expected {limits.MAGIC!r}", offset=offset
@@ -85,12 +96,11 @@ def parse_header(header: bytes, offset: int, max_body: int) -> tuple[FrameType, 
             f"protocol version {version}, expected {limits.PROTOCOL_VERSION}",
             offset=offset + 2,
         )
-    try:
-        frame_type = FrameType(type_byte)
-    except ValueError:
+    frame_type = _FRAME_TYPES.get(type_byte)
+    if frame_type is None:
         raise FramingError(
             Reason.MALFORMED, f"unknown frame type {type_byte:#04x}", offset=offset + 3
-        ) from None
+        )
     if length > max_body:
         raise FramingError(
             Reason.TOO_LARGE,
@@ -118,18 +128,7 @@ def encode(event: FrameEvent) -> bytes:
 
 
 def _encode_body(event: FrameEvent) -> bytes:
-    match event:
-        case Hello(role=role, name=name, max_frame_size=size, max_in_flight=window):
-            _local(_check_role(role))
-            _local(
-                _check_range(
-                    "max_frame_size", size, limits.MIN_FRAME_BODY, limits.MAX_FRAME_BODY_CAP
-                )
-            )
-            _local(_check_range("max_in_flight", window, 1, limits.MAX_IN_FLIGHT_CAP))
-            _local(_check_text("name", name, limits.MAX_NAME_BYTES, allow_empty=False))
-            raw = name.encode()
-            return _HELLO_FIXED.pack(role, size, window, len(raw)) + raw
+    match event:  # the per-envelope frames first
         case EnvelopeFrame(correlation_id=cid, envelope=envelope):
             _local(_check_range("correlation_id", cid, 0, limits.MAX_CORRELATION_ID))
             if not envelope:
@@ -154,6 +153,17 @@ def _encode_body(event: FrameEvent) -> bytes:
             code = reason.value.encode()
             raw = detail.encode()
             return bytes([len(code)]) + code + _U16.pack(len(raw)) + raw
+        case Hello(role=role, name=name, max_frame_size=size, max_in_flight=window):
+            _local(_check_role(role))
+            _local(
+                _check_range(
+                    "max_frame_size", size, limits.MIN_FRAME_BODY, limits.MAX_FRAME_BODY_CAP
+                )
+            )
+            _local(_check_range("max_in_flight", window, 1, limits.MAX_IN_FLIGHT_CAP))
+            _local(_check_text("name", name, limits.MAX_NAME_BYTES, allow_empty=False))
+            raw = name.encode()
+            return _HELLO_FIXED.pack(role, size, window, len(raw)) + raw
     raise LocalProtocolError(f"not a frame event: {event!r}")
 
 
@@ -225,6 +235,9 @@ def decode_body(frame_type: FrameType, body: bytes, offset: int) -> FrameEvent:
     Raises:
         FramingError: MALFORMED or NON_CANONICAL, with the offset of the offending byte.
     """
+    if frame_type is FrameType.ENVELOPE and len(body) > _U64.size:
+        # The frame every envelope arrives in: a correlation id and at least one byte.
+        return EnvelopeFrame(_U64.unpack_from(body)[0], body[_U64.size :])
     r = _Reader(body, offset)
     event: FrameEvent
     if frame_type is FrameType.ENVELOPE:

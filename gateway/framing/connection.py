@@ -147,13 +147,12 @@ class Connection:
                     Reason.MALFORMED, "stream ended inside a frame header", offset=offset
                 )
             return self._closed()
-        header = bytes(self._buffer[self._start : self._start + limits.HEADER_BYTES])
         max_body = (
             self.our_hello.max_frame_size
             if self.our_hello is not None
             else limits.PRE_HELLO_FRAME_BODY
         )
-        frame_type, length = parse_header(header, offset, max_body)
+        frame_type, length = parse_header(self._buffer, offset, max_body, self._start)
         # Cheap checks first: a frame the peer may not send now is refused before its body is read.
         new_state = next_state(self.their_state, frame_type)
         if new_state is None:
@@ -180,8 +179,6 @@ class Connection:
     def _accept(self, event: FrameEvent, offset: int) -> None:
         """The rules that tie a received frame to the rest of the connection's state."""
         match event:
-            case Hello():
-                self.their_hello = event
             case EnvelopeFrame(correlation_id=cid):
                 if self.our_hello is None:
                     raise FramingError(
@@ -206,6 +203,8 @@ class Connection:
                         Reason.MALFORMED, f"receipt for unknown correlation id {cid}", offset=offset
                     )
                 self._sent_unanswered.discard(cid)
+            case Hello():
+                self.their_hello = event
             case Pong(nonce=nonce):
                 if nonce not in self._pings:
                     raise FramingError(
@@ -257,12 +256,12 @@ class Connection:
                 f"frame body of {len(data) - limits.HEADER_BYTES} bytes exceeds the peer's {limit}"
             )
         match event:
-            case Hello():
-                self.our_hello = event
             case EnvelopeFrame(correlation_id=cid):
                 self._sent_unanswered.add(cid)
             case Receipt(correlation_id=cid):
                 self._received_unanswered.discard(cid)
+            case Hello():
+                self.our_hello = event
             case Ping(nonce=nonce):
                 self._pings.add(nonce)
             case _:

@@ -37,6 +37,10 @@ class SideState(enum.Enum):
     CLOSED = "CLOSED"
     ERROR = "ERROR"
 
+    # Members are singletons compared by identity, so the identity hash (in C) is consistent with
+    # equality; Enum's default hashes the name in Python, on every frame's transition lookup.
+    __hash__ = object.__hash__
+
 
 _S = SideState
 _F = FrameType

@@ -8,6 +8,9 @@ Run: .venv/bin/python benchmarks/envelope.py [--reps 9] [--seconds 0.2]
 - ``open``: :func:`gateway.envelope.open_envelope` (full verification, no stamps, table resolver)
   followed by the real policy decision :func:`gateway.policy.decide` against a store holding the
   destination's policy and the origin's lineage chain; the benchmark asserts it allows.
+- ``stamp``: :func:`gateway.envelope.stamp`, the transit stamp a gateway appends to every
+  envelope it forwards (signs the stamp claims, re-emits the envelope), on the opened envelope;
+  compared with ``sign``.
 - ``sign`` / ``verify``: the baselines, libsodium ``crypto_sign`` / ``crypto_sign_open`` through
   PyNaCl's bindings on a message as long as the envelope's payload: what signing the payload
   directly would cost, with no envelope at all.
@@ -31,10 +34,19 @@ import nacl.bindings
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.policy import LineageWindow, Rule
-from gateway.envelope import Sealer, open_envelope, seal
+from gateway.envelope import Sealer, open_envelope, seal, stamp
 from gateway.policy import ZERO_HASH, PolicyRevision, PolicyStore, decide
 from identity.spiffe_id import parse_spiffe_id
-from tests.gateway.envelope_fixtures import ORIGIN_ID, ORIGIN_KEY, ROUTING, T0, standard_resolver
+from tests.gateway.envelope_fixtures import (
+    GATEWAY_IDS,
+    GATEWAY_KEYS,
+    ORIGIN_ID,
+    ORIGIN_KEY,
+    POLICY_REV,
+    ROUTING,
+    T0,
+    standard_resolver,
+)
 
 ORIGIN_SCOPE = "payments/checkout"
 DESTINATION_SCOPE = "payments/ledger"
@@ -115,11 +127,12 @@ def main() -> None:
         signing_key=ORIGIN_KEY,
     )
     sealer = Sealer(**fixed)  # type: ignore[arg-type]
+    gateway_id = parse_spiffe_id(GATEWAY_IDS[0])
     sk = nacl.bindings.crypto_sign_seed_keypair(ORIGIN_KEY.encode())[1]
     pk = ORIGIN_KEY.verify_key.encode()
     print(
         f"{'payload':>8} {'seal/s':>8} {'sealer/s':>9} {'sign/s':>8} {'seal%':>6} {'sealer%':>8}"
-        f"   {'open/s':>8} {'verify/s':>9} {'open%':>6}"
+        f"   {'open/s':>8} {'verify/s':>9} {'open%':>6}   {'stamp/s':>8} {'stamp%':>7}"
     )
     for size in (64, 1024, 16 * 1024):
         payload = bytes(size)
@@ -138,6 +151,20 @@ def main() -> None:
         def do_open(envelope: bytes = envelope) -> bool:
             return decide(open_envelope(envelope, resolver=resolver, now=T0), store, T0).allow
 
+        def do_stamp(verified: object = verified) -> bytes:
+            return stamp(
+                verified,  # type: ignore[arg-type]
+                gateway_id=gateway_id,
+                signing_key=GATEWAY_KEYS[0],
+                from_network="weave",
+                to_network="cilium",
+                rule="ledger-from-payments",
+                policy_revision=POLICY_REV,
+                now=T0,
+            )
+
+        assert open_envelope(do_stamp(), resolver=resolver, now=T0).hops == 1
+
         signed = nacl.bindings.crypto_sign(payload, sk)
 
         def raw_sign(payload: bytes = payload) -> bytes:
@@ -153,6 +180,7 @@ def main() -> None:
                 "sign": raw_sign,
                 "open": do_open,
                 "verify": raw_verify,
+                "stamp": do_stamp,
             },
             args.seconds,
             args.reps,
@@ -163,9 +191,11 @@ def main() -> None:
             f"{median_ratio(rates['seal'], rates['sign']):>6.0%} "
             f"{median_ratio(rates['sealer'], rates['sign']):>8.0%}   "
             f"{med['open']:>8.0f} {med['verify']:>9.0f} "
-            f"{median_ratio(rates['open'], rates['verify']):>6.0%}"
+            f"{median_ratio(rates['open'], rates['verify']):>6.0%}   "
+            f"{med['stamp']:>8.0f} {median_ratio(rates['stamp'], rates['sign']):>7.0%}"
         )
     print("open = open_envelope + gateway.policy.decide (allow); targets: seal, open >= 80%")
+    print("stamp = gateway.envelope.stamp (one hop), compared with sign (the same raw baseline)")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,23 @@ def read_head(data: bytes, pos: int, major: int, what: str) -> tuple[int, int]:
             information) or NON_CANONICAL (indefinite length, or an argument written longer than
             needed), with ``offset=pos``.
     """
+    # The heads the hot path meets (immediate, one-byte and four-byte arguments), already in
+    # shortest form, are returned straight away; everything else, including every error, takes
+    # the full check below, which alone decides what is accepted.
+    if pos < len(data):
+        info = data[pos] - (major << 5)
+        if 0 <= info < 24:
+            return info, pos + 1
+        if info == 24 and pos + 1 < len(data) and data[pos + 1] >= 24:
+            return data[pos + 1], pos + 2
+        if info == 26 and pos + 4 < len(data):
+            argument = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            if argument >= 0x10000:
+                return argument, pos + 5
+    return _read_head_checked(data, pos, major, what)
+
+
+def _read_head_checked(data: bytes, pos: int, major: int, what: str) -> tuple[int, int]:
     if pos >= len(data):
         raise RemoteProtocolError(Reason.MALFORMED, f"{what}: input ends before it", offset=pos)
     initial = data[pos]
@@ -143,13 +160,20 @@ def _first_difference(a: bytes, b: bytes) -> int:
     return min(len(a), len(b))
 
 
+def _short_head(major: int, length: int) -> bytes:
+    top = major << 5
+    return bytes((top | length,)) if length < 24 else bytes((top | 24, length))
+
+
+# Every head with an argument below 256, made once: seal, open and stamp write several per call.
+_SHORT_HEADS = tuple(tuple(_short_head(major, n) for n in range(0x100)) for major in range(8))
+
+
 def head(major: int, length: int) -> bytes:
     """The shortest CBOR head for ``major`` type (0..7) with argument ``length``."""
+    if 0 <= length < 0x100:
+        return _SHORT_HEADS[major][length]
     top = major << 5
-    if length < 24:
-        return bytes((top | length,))
-    if length < 0x100:
-        return bytes((top | 24, length))
     if length < 0x10000:
         return bytes((top | 25,)) + length.to_bytes(2, "big")
     if length < 0x100000000:

@@ -134,13 +134,22 @@ def sign1_with_secret(protected_bytes: bytes, payload: bytes, secret_key: bytes)
     Returns:
         The tagged COSE_Sign1 bytes.
     """
-    signed = nacl.bindings.crypto_sign(sig_structure(protected_bytes, payload), secret_key)
+    protected_head = head(2, len(protected_bytes))
+    payload_head = head(2, len(payload))
+    # The Sig_structure and the message share their heads; each is written with one join.
+    signed = nacl.bindings.crypto_sign(
+        b"".join(
+            (_SIG1_CONTEXT, protected_head, protected_bytes, _EMPTY_BSTR, payload_head, payload)
+        ),
+        secret_key,
+    )
     return b"".join(
         (
             _TAG_AND_ARRAY,
-            bstr(protected_bytes),
+            protected_head,
+            protected_bytes,
             _EMPTY_MAP,
-            head(2, len(payload)),
+            payload_head,
             payload,
             _SIGNATURE_HEAD,
             signed[: limits.SIGNATURE_BYTES],
@@ -351,7 +360,34 @@ def verify_sign1(msg: UnverifiedSign1, public_key: bytes) -> None:
     Raises:
         RemoteProtocolError: BAD_SIGNATURE if the signature does not verify.
     """
-    verify_detached(sig_structure(msg.protected_bytes, msg.payload), msg.signature, public_key)
+    verify_parts(msg.protected_bytes, msg.payload, msg.signature, public_key)
+
+
+def verify_parts(
+    protected_bytes: bytes, payload: bytes, signature: bytes, public_key: bytes
+) -> None:
+    """:func:`verify_sign1` on the parts of a COSE_Sign1 (for callers that walked the frame
+    themselves, as ``recipe.open_envelope`` does on its fast path).
+
+    Raises:
+        RemoteProtocolError: BAD_SIGNATURE if the signature does not verify.
+    """
+    if len(public_key) != limits.PUBLIC_KEY_BYTES or len(signature) != limits.SIGNATURE_BYTES:
+        raise RemoteProtocolError(Reason.BAD_SIGNATURE, "wrong key or signature length")
+    # libsodium's combined form (signature || Sig_structure), built in one join rather than
+    # building the Sig_structure and then copying it again behind the signature.
+    signed = b"".join(
+        (
+            signature,
+            _SIG1_CONTEXT,
+            head(2, len(protected_bytes)),
+            protected_bytes,
+            _EMPTY_BSTR,
+            head(2, len(payload)),
+            payload,
+        )
+    )
+    _crypto_sign_open(signed, public_key)
 
 
 def verify_detached(message: bytes, signature: bytes, public_key: bytes) -> None:
@@ -362,9 +398,13 @@ def verify_detached(message: bytes, signature: bytes, public_key: bytes) -> None
     """
     if len(public_key) != limits.PUBLIC_KEY_BYTES or len(signature) != limits.SIGNATURE_BYTES:
         raise RemoteProtocolError(Reason.BAD_SIGNATURE, "wrong key or signature length")
+    _crypto_sign_open(signature + message, public_key)
+
+
+def _crypto_sign_open(signed: bytes, public_key: bytes) -> None:
     try:
         # crypto_sign_open is libsodium's crypto_sign_verify_detached behind PyNaCl's VerifyKey,
         # called directly to avoid building a VerifyKey per message.
-        nacl.bindings.crypto_sign_open(signature + message, public_key)
+        nacl.bindings.crypto_sign_open(signed, public_key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
         raise RemoteProtocolError(Reason.BAD_SIGNATURE, "signature does not verify") from None

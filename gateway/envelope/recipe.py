@@ -41,8 +41,10 @@ from gateway.envelope.cose import (
     encode_protected,
     sign1_with_protected,
     sign1_with_secret,
+    verify_parts,
     verify_sign1,
 )
+from gateway.envelope.frozen import positional_builder
 from gateway.envelope.model import (
     Claims,
     RoutingConstraint,
@@ -51,7 +53,12 @@ from gateway.envelope.model import (
     VerifiedEnvelope,
     VerifiedStamp,
 )
-from gateway.envelope.wire import UnverifiedEnvelope, decode_unverified, encode
+from gateway.envelope.wire import (
+    UnverifiedStamp,
+    decode_unstamped_fast,
+    decode_unverified,
+    encode,
+)
 from gateway.errors import LocalProtocolError, RemoteProtocolError
 from gateway.reasons import Reason
 from gateway.replay import ReplayWindow
@@ -274,28 +281,35 @@ def open_envelope(
         RemoteProtocolError: with the reason of the first check that failed, in the order of
             docs/envelope.md ("Verification order").
     """
-    env = decode_unverified(data)
-    claims = env.claims
+    parts = decode_unstamped_fast(data)
+    if parts is None:  # stamps, or anything unusual: the general decoder (or its refusal)
+        env = decode_unverified(data)
+        origin = env.origin
+        parts = (env.origin_bytes, origin.protected_bytes, origin.kid, origin.payload,
+                 origin.signature, env.claims, env.payload)  # fmt: skip
+        stamps = env.stamps
+    else:
+        stamps = ()
+    origin_bytes, protected_bytes, kid, claims_bytes, signature, claims, payload = parts
     check_times(claims, now)
     if replay is not None:
         replay.check(claims.envelope_id, now)
-    anchor = _resolve(resolver, env.origin.kid, now, "origin")
-    verify_sign1(env.origin, anchor.public_key)
+    anchor = _resolve(resolver, kid, now, "origin")
+    verify_parts(protected_bytes, claims_bytes, signature, anchor.public_key)
     _check_endorsement(claims, anchor)
-    if len(env.payload) != claims.payload_length or not hmac.compare_digest(
-        digest(env.payload), claims.payload_digest
+    if len(payload) != claims.payload_length or not hmac.compare_digest(
+        digest(payload), claims.payload_digest
     ):
         raise RemoteProtocolError(Reason.PAYLOAD_MISMATCH, "payload does not match its digest")
-    stamps = _verify_stamps(env, resolver, now)
-    _check_routing(claims.routing, stamps)
-    return VerifiedEnvelope(
-        claims=claims,
-        anchor=anchor,
-        stamps=stamps,
-        payload=env.payload,
-        signed_header=env.origin_bytes,
-        signature=env.origin.signature,
-    )
+    # No stamps: nothing to chain, and the hop and routing checks cannot fail (max_hops >= 0).
+    verified = _verify_stamps(stamps, claims, signature, resolver, now) if stamps else ()
+    if verified:
+        _check_routing(claims.routing, verified)
+    # Fields in VerifiedEnvelope's order: claims, anchor, stamps, payload, signed_header, signature.
+    return _build_verified(claims, anchor, verified, payload, origin_bytes, signature)
+
+
+_build_verified = positional_builder(VerifiedEnvelope)  # ~0.5 us cheaper per envelope
 
 
 def check_times(claims: Claims, now: int) -> None:
@@ -345,18 +359,21 @@ def _check_endorsement(claims: Claims, anchor: ResolvedAnchor) -> None:
 
 
 def _verify_stamps(
-    env: UnverifiedEnvelope, resolver: AnchorResolver, now: int
+    stamps: tuple[UnverifiedStamp, ...],
+    claims: Claims,
+    origin_signature: bytes,
+    resolver: AnchorResolver,
+    now: int,
 ) -> tuple[VerifiedStamp, ...]:
-    claims = env.claims
-    if len(env.stamps) > claims.routing.max_hops:
+    if len(stamps) > claims.routing.max_hops:
         raise RemoteProtocolError(
             Reason.HOP_LIMIT_EXCEEDED,
-            f"{len(env.stamps)} stamps exceed max_hops {claims.routing.max_hops}",
+            f"{len(stamps)} stamps exceed max_hops {claims.routing.max_hops}",
         )
-    signature_hash = digest(env.origin.signature)
+    signature_hash = digest(origin_signature)
     previous = ZERO_HASH
     # Chain first (hashes only), signatures second: cheap before expensive.
-    for hop, stamp in enumerate(env.stamps, start=1):
+    for hop, stamp in enumerate(stamps, start=1):
         sc = stamp.claims
         if (
             sc.hop != hop
@@ -368,7 +385,7 @@ def _verify_stamps(
             raise RemoteProtocolError(Reason.BAD_STAMP, f"stamp {hop} time is out of range")
         previous = digest(stamp.encoded)
     verified = []
-    for hop, stamp in enumerate(env.stamps, start=1):
+    for hop, stamp in enumerate(stamps, start=1):
         anchor = _resolve(resolver, stamp.sign1.kid, now, f"stamp {hop}")
         if anchor.spiffe_id != stamp.claims.gateway:
             raise RemoteProtocolError(Reason.BAD_STAMP, f"stamp {hop} gateway is not its anchor's")
@@ -423,25 +440,32 @@ def stamp(
     hop = len(verified.stamps) + 1
     if hop > min(verified.claims.routing.max_hops, limits.MAX_STAMPS):
         raise LocalProtocolError(f"stamp {hop} would exceed the envelope's hop limit")
-    claims = StampClaims(
-        gateway=gateway_id,
-        hop=hop,
-        from_network=from_network,
-        to_network=to_network,
-        decision=StampDecision.ALLOW,
-        rule=rule,
-        policy_revision=policy_revision,
-        stamped_at=now,
-        envelope_signature_hash=digest(verified.signature),
-        previous_stamp_hash=digest(verified.stamps[-1].encoded) if verified.stamps else ZERO_HASH,
-    )
-    protected = _protected_for(signing_key.verify_key.encode())
-    encoded, _ = sign1_with_protected(protected, encode_stamp_claims(claims), signing_key)
+    # Fields in StampClaims' order: gateway, hop, from_network, to_network, decision, rule,
+    # policy_revision, stamped_at, envelope_signature_hash, previous_stamp_hash.
+    claims = _build_stamp_claims(
+        gateway_id, hop, from_network, to_network, StampDecision.ALLOW, rule, policy_revision, now,
+        digest(verified.signature),
+        digest(verified.stamps[-1].encoded) if verified.stamps else ZERO_HASH,
+    )  # fmt: skip
+    protected, secret_key = _signer_for(signing_key.encode())
+    encoded = sign1_with_secret(protected, encode_stamp_claims(claims), secret_key)
     if len(encoded) > limits.MAX_STAMP_BYTES:
         raise LocalProtocolError("stamp too large")
     stamps = [s.encoded for s in verified.stamps]
     stamps.append(encoded)
     return encode(verified.signed_header, verified.payload, stamps)
+
+
+_build_stamp_claims = positional_builder(StampClaims)
+
+
+# The gateway stamps every forwarded envelope with its one anchor key: its protected header and
+# libsodium's expanded secret key are derived once per key seed (through PyNaCl's public API) and
+# kept in a small bounded cache, which therefore holds the secret keys of the last few keys used.
+@functools.lru_cache(maxsize=8)
+def _signer_for(seed: bytes) -> tuple[bytes, bytes]:
+    public_key, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed)
+    return _protected_for(public_key), secret_key
 
 
 def unseal_payload(envelope: VerifiedEnvelope, private_key: nacl.public.PrivateKey) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from gateway.envelope.frozen import positional_builder
 from gateway.envelope.model import VerifiedEnvelope
 from gateway.policy.compiled import CompiledRule, CompiledScope
 from gateway.policy.model import ZERO_HASH
@@ -171,8 +172,12 @@ def _try_rules(
     return Decision(False, best.rule.id, best_reason, scope.revision.digest, detail)
 
 
+# Every allowed envelope builds one Decision; the builder skips the frozen per-field stores.
+_build_decision = positional_builder(Decision)
+
+
 def _allowed(scope: CompiledScope, rule: CompiledRule, origin: str, destination: str) -> Decision:
-    return Decision(
+    return _build_decision(
         True, rule.rule.id, Reason.ALLOWED, scope.revision.digest,
         f"rule {rule.rule.id} allows {origin!r} -> {destination!r} "
         f"(revision {scope.revision.number})",

@@ -143,23 +143,44 @@ class GovernanceGraph:
     flows: tuple[Flow, ...]  # by count descending, then origin, destination, decision
 
 
-def _bump(hist: dict[str, int], key: str) -> None:
+# Sample's fields in order: what the hot path keeps per sample until a snapshot needs a Sample.
+_SampleTuple = tuple[str, int, str, str, str, str, str]
+_DECISION_TEXT = {d: d.value for d in Decision}
+
+
+def _bump(hist: dict[str, int], key: str, n: int = 1) -> None:
+    """Count ``key`` ``n`` times, exactly as ``n`` single counts would (a key that finds the
+    histogram full goes to OTHER, and so do its repeats)."""
     if key in hist:
-        hist[key] += 1
+        hist[key] += n
     elif len(hist) < MAX_HISTOGRAM_KEYS:
-        hist[key] = 1
+        hist[key] = n
     else:
-        hist[OTHER] = hist.get(OTHER, 0) + 1
+        hist[OTHER] = hist.get(OTHER, 0) + n
 
 
 def _sorted(hist: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+# What an edge's histograms count per decision: (reason, rule, lineage, policy revision, gateway,
+# from, to, issuer trust domain).
+_RunKey = tuple[str, str, str, str, str, str, str, str]
+
+
 class _FlowAcc:
+    """One edge's aggregates.
+
+    Consecutive decisions on an edge usually agree on everything its histograms count, so the
+    histograms are fed by runs: ``run`` is the last decision's histogram keys and ``run_length``
+    how many decisions since the last :meth:`flush_run` had exactly those keys. Counting a run
+    of ``n`` at once gives the same histograms as ``n`` single counts (see :func:`_bump`), and
+    an edge's histograms see only that edge's decisions, in order.
+    """
+
     __slots__ = (
         "buckets", "count", "first_ms", "gateways", "hops", "last_ms", "lineages", "reasons",
-        "revisions", "rules", "samples", "tds",
+        "revisions", "rules", "run", "run_length", "samples", "tds",
     )
 
     def __init__(self, ts_ms: int, max_samples: int) -> None:
@@ -173,8 +194,25 @@ class _FlowAcc:
         self.gateways: dict[str, int] = {}
         self.hops: dict[str, int] = {}
         self.tds: dict[str, int] = {}
-        self.samples: deque[Sample] = deque(maxlen=max_samples)
+        self.samples: deque[_SampleTuple] = deque(maxlen=max_samples)
         self.buckets: dict[int, int] = {}
+        self.run: _RunKey | None = None
+        self.run_length = 0
+
+    def flush_run(self) -> None:
+        """Add the pending run to the histograms."""
+        n = self.run_length
+        if not n or self.run is None:
+            return
+        reason, rule, lineage, revision, gateway, from_, to, issuer_td = self.run
+        _bump(self.reasons, reason, n)
+        _bump(self.rules, rule, n)
+        _bump(self.lineages, lineage, n)
+        _bump(self.revisions, revision, n)
+        _bump(self.gateways, gateway, n)
+        _bump(self.hops, f"{from_} -> {to or '-'}", n)
+        _bump(self.tds, issuer_td, n)
+        self.run_length = 0
 
 
 class GraphBuilder:
@@ -198,6 +236,7 @@ class GraphBuilder:
         if max_samples < 0 or max_flows < 0:
             raise ValueError("max_samples and max_flows must be non-negative")
         self._flt = flt or GraphFilter()
+        self._filtering = self._flt != GraphFilter()
         self._max_samples = max_samples
         self._max_flows = max_flows
         self.records = 0
@@ -217,13 +256,12 @@ class GraphBuilder:
         self._td_cache: dict[str, str] = {}
 
     def add(self, entry: AuditEntry) -> None:
-        """Aggregate one decision of the log."""
+        """Aggregate one decision of the log (the daemon's hot path: one call per envelope)."""
         r = entry.record
-        self.add_decision(
-            ts_ms=entry.ts_ms, gateway=r.gateway, issuer=r.issuer, origin=r.origin_scope,
-            destination=r.destination_scope, decision=r.decision.value, reason=r.reason,
-            rule=r.rule, lineage=r.lineage.hex(), policy_revision=r.policy_revision.hex(),
-            from_=r.from_, to=r.to, envelope_id=r.envelope_id.hex(),
+        self._add(
+            entry.ts_ms, r.gateway, r.issuer, r.origin_scope, r.destination_scope,
+            _DECISION_TEXT[r.decision], r.reason, r.rule, r.lineage.hex(),
+            r.policy_revision.hex(), r.from_, r.to, r.envelope_id.hex(),
         )
 
     def add_all(self, entries: Iterable[AuditEntry]) -> None:
@@ -252,16 +290,20 @@ class GraphBuilder:
 
         ``decision`` is ``"allow"`` or ``"deny"``; the caller has checked it.
         """
-        flt = self._flt
-        issuer_td = self.trust_domain_of(issuer)
-        gateway_td = self.trust_domain_of(gateway)
-        if not (
-            (flt.scope is None or flt.scope in (origin, destination))
-            and (flt.trust_domain is None or flt.trust_domain in (issuer_td, gateway_td))
-            and (flt.decision is None or flt.decision.value == decision)
-            and (flt.since_ms is None or ts_ms >= flt.since_ms)
-            and (flt.until_ms is None or ts_ms < flt.until_ms)
-        ):
+        self._add(ts_ms, gateway, issuer, origin, destination, decision, reason, rule, lineage,
+                  policy_revision, from_, to, envelope_id)
+
+    def _add(
+        self, ts_ms: int, gateway: str, issuer: str, origin: str, destination: str,
+        decision: str, reason: str, rule: str, lineage: str, policy_revision: str, from_: str,
+        to: str, envelope_id: str,
+    ) -> None:
+        # One flat function with positional arguments: the live graph sees every envelope.
+        issuer_td = self._td_cache.get(issuer)
+        if issuer_td is None:
+            issuer_td = self.trust_domain_of(issuer)
+        if self._filtering and not self._admits(ts_ms, gateway, issuer_td, origin, destination,
+                                                decision):
             self.filtered_out += 1
             return
         key = (origin, destination, decision)
@@ -272,56 +314,21 @@ class GraphBuilder:
                 self.overflow_records += 1
                 return
             acc = self._flows[key] = _FlowAcc(ts_ms, self._max_samples)
-        self._count_nodes(ts_ms, gateway, issuer_td, origin, destination, decision,
-                          policy_revision)
-        self._count_flow(acc, ts_ms, gateway, issuer_td, reason, rule, lineage, policy_revision,
-                         from_, to, envelope_id)
-
-    def _count_flow(
-        self, acc: _FlowAcc, ts_ms: int, gateway: str, issuer_td: str, reason: str, rule: str,
-        lineage: str, policy_revision: str, from_: str, to: str, envelope_id: str,
-    ) -> None:
-        acc.count += 1
-        acc.first_ms = min(acc.first_ms, ts_ms)
-        acc.last_ms = max(acc.last_ms, ts_ms)
-        _bump(acc.reasons, reason)
-        _bump(acc.rules, rule)
-        _bump(acc.lineages, lineage)
-        _bump(acc.revisions, policy_revision)
-        _bump(acc.gateways, gateway)
-        _bump(acc.hops, f"{from_} -> {to or '-'}")
-        _bump(acc.tds, issuer_td)
-        if self._max_samples:
-            acc.samples.append(Sample(envelope_id, ts_ms, reason, rule, gateway, from_, to))
-        bucket = ts_ms // self._bucket_ms
-        if self._min_bucket is None or self._max_bucket is None:
-            self._min_bucket = self._max_bucket = bucket
-        elif bucket < self._min_bucket or bucket > self._max_bucket:
-            self._min_bucket = min(self._min_bucket, bucket)
-            self._max_bucket = max(self._max_bucket, bucket)
-            if self._max_bucket - self._min_bucket >= MAX_TIME_BUCKETS:
-                self._widen_buckets()
-                bucket = ts_ms // self._bucket_ms
-        acc.buckets[bucket] = acc.buckets.get(bucket, 0) + 1
-
-    def _count_nodes(
-        self, ts_ms: int, gateway: str, issuer_td: str, origin: str, destination: str,
-        decision: str, policy_revision: str,
-    ) -> None:
+        # The nodes.
         self.records += 1
         if self._first_ms is None or ts_ms < self._first_ms:
             self._first_ms = ts_ms
         if self._last_ms is None or ts_ms > self._last_ms:
             self._last_ms = ts_ms
-        allowed = decision == "allow"
+        side = 0 if decision == "allow" else 1
         gw = self._gateways.get(gateway)
         if gw is None:
             gw = self._gateways[gateway] = [0, 0]
-        gw[0 if allowed else 1] += 1
+        gw[side] += 1
         applied = self._applied.get((gateway, policy_revision))
         if applied is None:
             applied = self._applied[(gateway, policy_revision)] = [0, 0]
-        applied[0 if allowed else 1] += 1
+        applied[side] += 1
         self._sent[origin] = self._sent.get(origin, 0) + 1
         self._received[destination] = self._received.get(destination, 0) + 1
         if issuer_td:
@@ -329,6 +336,51 @@ class GraphBuilder:
             if tds is None:
                 tds = self._scope_tds[origin] = {}
             _bump(tds, issuer_td)
+        # The edge.
+        acc.count += 1
+        acc.first_ms = min(acc.first_ms, ts_ms)
+        acc.last_ms = max(acc.last_ms, ts_ms)
+        run = (reason, rule, lineage, policy_revision, gateway, from_, to, issuer_td)
+        if run == acc.run:
+            acc.run_length += 1
+        else:
+            acc.flush_run()
+            acc.run, acc.run_length = run, 1
+        if self._max_samples:
+            # A plain tuple; snapshot() makes the Sample.
+            acc.samples.append((envelope_id, ts_ms, reason, rule, gateway, from_, to))
+        bucket = ts_ms // self._bucket_ms
+        lo, hi = self._min_bucket, self._max_bucket
+        if lo is None or hi is None or not lo <= bucket <= hi:
+            bucket = self._extend_buckets(ts_ms, bucket)
+        acc.buckets[bucket] = acc.buckets.get(bucket, 0) + 1
+
+    def _extend_buckets(self, ts_ms: int, bucket: int) -> int:
+        """Take in ``bucket`` (of ``ts_ms``), outside the span so far; returns its index, which
+        changes when the span had to be widened."""
+        if self._min_bucket is None or self._max_bucket is None:
+            self._min_bucket = self._max_bucket = bucket
+            return bucket
+        self._min_bucket = min(self._min_bucket, bucket)
+        self._max_bucket = max(self._max_bucket, bucket)
+        if self._max_bucket - self._min_bucket >= MAX_TIME_BUCKETS:
+            self._widen_buckets()
+            return ts_ms // self._bucket_ms
+        return bucket
+
+    def _admits(
+        self, ts_ms: int, gateway: str, issuer_td: str, origin: str, destination: str,
+        decision: str,
+    ) -> bool:
+        flt = self._flt
+        return (
+            (flt.scope is None or flt.scope in (origin, destination))
+            and (flt.trust_domain is None
+                 or flt.trust_domain in (issuer_td, self.trust_domain_of(gateway)))
+            and (flt.decision is None or flt.decision.value == decision)
+            and (flt.since_ms is None or ts_ms >= flt.since_ms)
+            and (flt.until_ms is None or ts_ms < flt.until_ms)
+        )
 
     def _widen_buckets(self) -> None:
         """Double ``bucket_ms`` (merging pairs of buckets) until the span fits."""
@@ -347,6 +399,8 @@ class GraphBuilder:
 
     def snapshot(self) -> GovernanceGraph:
         """The graph as it stands (the builder can go on being fed)."""
+        for acc in self._flows.values():
+            acc.flush_run()
         flows = [
             Flow(
                 origin=o, destination=d, decision=Decision(dec), count=a.count,
@@ -354,7 +408,8 @@ class GraphBuilder:
                 rules=_sorted(a.rules), lineages=_sorted(a.lineages),
                 policy_revisions=_sorted(a.revisions), gateways=_sorted(a.gateways),
                 hops=_sorted(a.hops), trust_domains=_sorted(a.tds),
-                samples=tuple(reversed(a.samples)), buckets=tuple(sorted(a.buckets.items())),
+                samples=tuple(Sample(*t) for t in reversed(a.samples)),
+                buckets=tuple(sorted(a.buckets.items())),
             )
             for (o, d, dec), a in self._flows.items()
         ]

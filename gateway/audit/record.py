@@ -19,6 +19,8 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from hashlib import blake2b
+from json.encoder import encode_basestring_ascii as _encode_str
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -27,6 +29,9 @@ ENVELOPE_ID_BYTES = 16
 MAX_LINE_BYTES = 2 * 1024 * 1024  # a record that keeps the raw envelope (<= 1.1 MiB) as base64
 MAX_TEXT_BYTES = 2048  # any one text field (SPIFFE IDs are bounded at 2048 too)
 _GENESIS_DOMAIN = b"sluice audit log v1\x00"
+_U32_LIMIT = 2**32
+_TEXT_FIELDS = ("gateway", "issuer", "origin_scope", "destination_scope", "from_", "to", "reason",
+                "rule", "capture")
 
 
 class AuditFormatError(ValueError):
@@ -65,18 +70,43 @@ class AuditRecord:
     capture: str = ""  # where the raw bytes are kept instead ("<file>:<offset>"), if anywhere
 
     def __post_init__(self) -> None:
+        # Hot path (one record per envelope): one pass over the common case, plain bytes of the
+        # right sizes and short ASCII text. Anything else takes the full checks below, which
+        # raise exactly as they always did (same order, same messages).
+        eid, lin, dig = self.envelope_id, self.lineage, self.envelope_digest
+        rev = self.policy_revision
+        try:
+            # Joined text is ASCII and short => every field is, and its UTF-8 length is its length.
+            text = "".join((self.gateway, self.issuer, self.origin_scope, self.destination_scope,
+                            self.from_, self.to, self.reason, self.rule, self.capture))
+        except TypeError:  # a field is not a str: the full checks name it
+            text = None
+        tier, stamps = self.tier, self.stamps
+        if not (
+            type(eid) is bytes and (len(eid) == ENVELOPE_ID_BYTES or not eid)
+            and type(lin) is bytes and (len(lin) == HASH_BYTES or not lin)
+            and type(rev) is bytes and (len(rev) == HASH_BYTES or not rev)
+            and type(dig) is bytes and (len(dig) == HASH_BYTES or not dig)
+            and text is not None and len(text) <= MAX_TEXT_BYTES and text.isascii()
+            and type(tier) is int and 0 <= tier < _U32_LIMIT
+            and type(stamps) is int and 0 <= stamps < _U32_LIMIT
+            and type(self.decision) is Decision
+        ):
+            self._check_fully()
+
+    def _check_fully(self) -> None:
+        """The reference checks; raise :class:`AuditFormatError` naming the first bad field."""
         _check_bytes("envelope_id", self.envelope_id, ENVELOPE_ID_BYTES)
         for name in ("lineage", "policy_revision", "envelope_digest"):
             _check_bytes(name, getattr(self, name), HASH_BYTES)
-        for name in ("gateway", "issuer", "origin_scope", "destination_scope", "from_", "to",
-                     "reason", "rule", "capture"):
+        for name in _TEXT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, str) or len(value.encode()) > MAX_TEXT_BYTES:
                 key = name.rstrip("_")
                 raise AuditFormatError(f"{key}: text of at most {MAX_TEXT_BYTES} bytes")
         for name in ("tier", "stamps"):
             value = getattr(self, name)
-            if type(value) is not int or not 0 <= value < 2**32:
+            if type(value) is not int or not 0 <= value < _U32_LIMIT:
                 raise AuditFormatError(f"{name}: integer in 0..2**32-1 expected, got {value!r}")
         if not isinstance(self.decision, Decision):
             raise AuditFormatError(f"decision: allow or deny expected, got {self.decision!r}")
@@ -85,6 +115,10 @@ class AuditRecord:
 def _check_bytes(name: str, value: object, size: int) -> None:
     if not isinstance(value, bytes) or len(value) not in (0, size):
         raise AuditFormatError(f"{name}: {size} bytes (or empty) expected")
+
+
+_FIELD_KEYS = tuple((f.name, f.name.rstrip("_")) for f in fields(AuditRecord))
+_DECISION_JSON = {d: _encode_str(d.value) for d in Decision}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +143,10 @@ class AuditEntry:
 
     def line(self) -> bytes:
         """The canonical line, newline included."""
-        return canonical(self.to_json()) + b"\n"
+        if type(self.seq) is not int or type(self.ts_ms) is not int:
+            return canonical(self.to_json()) + b"\n"
+        head, tail = _line_halves(self.seq, self.ts_ms, self.record, self.prev)
+        return f'{head},"hash":"{self.hash.hex()}",{tail}\n'.encode()
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -125,10 +162,9 @@ def genesis(gateway: str) -> bytes:
 def body_object(seq: int, ts_ms: int, record: AuditRecord, prev: bytes) -> dict[str, Any]:
     """The JSON object a line's hash covers (everything but ``hash``)."""
     obj: dict[str, Any] = {"v": FORMAT_VERSION, "seq": seq, "ts_ms": ts_ms, "prev": prev.hex()}
-    for f in fields(AuditRecord):
-        value = getattr(record, f.name)
-        key = f.name.rstrip("_")
-        if f.name == "envelope":
+    for name, key in _FIELD_KEYS:
+        value = getattr(record, name)
+        if name == "envelope":
             obj[key] = None if value is None else base64.b64encode(value).decode()
         elif isinstance(value, bytes):
             obj[key] = value.hex()
@@ -145,16 +181,84 @@ def seal(seq: int, ts_ms: int, record: AuditRecord, prev: bytes) -> AuditEntry:
 def seal_with_line(
     seq: int, ts_ms: int, record: AuditRecord, prev: bytes
 ) -> tuple[AuditEntry, bytes]:
-    """:func:`seal` and the entry's canonical line, building the JSON object once (hot path)."""
+    """:func:`seal` and the entry's canonical line (newline included), for the writer's hot path.
+
+    The canonical text is built once, straight from the record's fields in sorted-key order
+    (:func:`_line_halves`), hashed without ``hash``, and the hash spliced into its sorted place;
+    the bytes equal :func:`_seal_with_line_reference`'s (asserted at import, tested in
+    tests/gateway/test_audit_fast.py).
+    """
+    if type(seq) is not int or type(ts_ms) is not int:  # bool, float...: json's own spelling
+        return _seal_with_line_reference(seq, ts_ms, record, prev)
+    head, tail = _line_halves(seq, ts_ms, record, prev)
+    digest = blake2b(f"{head},{tail}".encode(), digest_size=HASH_BYTES).digest()
+    line = f'{head},"hash":"{digest.hex()}",{tail}\n'.encode()
+    return AuditEntry(seq, ts_ms, record, prev, digest), line
+
+
+def _seal_with_line_reference(
+    seq: int, ts_ms: int, record: AuditRecord, prev: bytes
+) -> tuple[AuditEntry, bytes]:
+    """The definition of the line and its hash: :func:`canonical` of :func:`body_object`."""
     obj = body_object(seq, ts_ms, record, prev)
-    digest = hashlib.blake2b(canonical(obj), digest_size=32).digest()
+    digest = hashlib.blake2b(canonical(obj), digest_size=HASH_BYTES).digest()
     obj["hash"] = digest.hex()
     return AuditEntry(seq, ts_ms, record, prev, digest), canonical(obj) + b"\n"
 
 
-_KEYS = frozenset(
-    {"v", "seq", "ts_ms", "prev", "hash"} | {f.name.rstrip("_") for f in fields(AuditRecord)}
-)
+def _line_halves(seq: int, ts_ms: int, r: AuditRecord, prev: bytes) -> tuple[str, str]:
+    """The canonical object's text split where ``"hash"`` sorts: ``{...,"gateway":..`` (keys in
+    :data:`_HEAD_KEYS`) and ``"issuer":...}`` (:data:`_TAIL_KEYS`), without the joining comma.
+
+    Text goes through json's own ASCII string encoder; hex, base64 and decimal integers need no
+    escaping. ``seq`` and ``ts_ms`` must be exact ``int`` (the record's integers are checked).
+    """
+    enc = _encode_str
+    envelope = r.envelope
+    env = "null" if envelope is None else f'"{base64.b64encode(envelope).decode()}"'
+    head = (
+        f'{{"capture":{enc(r.capture)},"decision":{_DECISION_JSON[r.decision]},'
+        f'"destination_scope":{enc(r.destination_scope)},"envelope":{env},'
+        f'"envelope_digest":"{r.envelope_digest.hex()}","envelope_id":"{r.envelope_id.hex()}",'
+        f'"from":{enc(r.from_)},"gateway":{enc(r.gateway)}'
+    )
+    tail = (
+        f'"issuer":{enc(r.issuer)},"lineage":"{r.lineage.hex()}",'
+        f'"origin_scope":{enc(r.origin_scope)},"policy_revision":"{r.policy_revision.hex()}",'
+        f'"prev":"{prev.hex()}","reason":{enc(r.reason)},"rule":{enc(r.rule)},"seq":{seq},'
+        f'"stamps":{r.stamps},"tier":{r.tier},"to":{enc(r.to)},"ts_ms":{ts_ms},'
+        f'"v":{FORMAT_VERSION}}}'
+    )
+    return head, tail
+
+
+_KEYS = frozenset({"v", "seq", "ts_ms", "prev", "hash"} | {key for _, key in _FIELD_KEYS})
+
+
+_HEAD_KEYS = ("capture", "decision", "destination_scope", "envelope", "envelope_digest",
+              "envelope_id", "from", "gateway")
+_TAIL_KEYS = ("issuer", "lineage", "origin_scope", "policy_revision", "prev", "reason", "rule",
+              "seq", "stamps", "tier", "to", "ts_ms", "v")
+
+
+def _self_check() -> None:
+    """Refuse to import if the fast line encoder's key layout or bytes differ from the reference
+    (a field added to AuditRecord must be added to :func:`_line_halves` too)."""
+    if (*_HEAD_KEYS, "hash", *_TAIL_KEYS) != tuple(sorted(_KEYS)):
+        raise AssertionError("_line_halves key order is not the canonical (sorted) one")
+    for record in (
+        AuditRecord("spiffe://g.example/gw", b"\x01" * 16, "spiffe://w.example/a", "o\u00e9",
+                    'd"\\\n', 1, b"\x02" * 32, "net:a", "peer:b", Decision.ALLOW, "allowed",
+                    "r\U0001f600", b"\x03" * 32, 2, b"\x04" * 32, b"\xff\x00", "c.bin:4"),
+        AuditRecord("", b"", "", "", "", 0, b"", "", "", Decision.DENY, "", "", b"", 0),
+    ):
+        if seal_with_line(7, 123, record, b"\x05" * 32) != _seal_with_line_reference(
+            7, 123, record, b"\x05" * 32
+        ):
+            raise AssertionError("fast audit line differs from the canonical reference")
+
+
+_self_check()
 
 
 def parse_line(line: bytes) -> tuple[AuditEntry, bytes]:

@@ -24,10 +24,15 @@ import json
 import random
 import resource
 import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+
+# Run as a script, this directory comes first on sys.path, where benchmarks/gateway.py would shadow
+# the gateway package: put the repository root first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.audit import AuditLog, AuditRecord, Decision, read_entries
 from gateway.audit.graph import GovernanceGraph, GraphBuilder, graph_from_log
@@ -40,8 +45,13 @@ RATE = 100.0  # decisions per second of simulated time: 1M decisions span ~2.8 h
 TRUST_DOMAINS = 5
 GATEWAYS = 3
 FANOUT = 8  # destinations per origin scope
-DENY_REASONS = ("tier_too_low", "no_matching_rule", "origin_not_allowed", "lineage_revoked",
-                "expired")
+DENY_REASONS = (
+    "tier_too_low",
+    "no_matching_rule",
+    "origin_not_allowed",
+    "lineage_revoked",
+    "expired",
+)
 
 
 def log_path(records: int, scopes: int, seed: int) -> Path:
@@ -70,18 +80,25 @@ def generate(path: Path, records: int, scopes: int, seed: int) -> None:
                 d = dests[o][rng.randrange(FANOUT)]
                 deny = rng.random() < 0.15
                 gw = gws[(o + d) % GATEWAYS]
-                chunk.append(AuditRecord(
-                    gateway=gw, envelope_id=n.to_bytes(16, "big"),
-                    issuer=f"spiffe://{tds[o % TRUST_DOMAINS]}/ns/{names[o]}/sa/app",
-                    origin_scope=names[o], destination_scope=names[d], tier=rng.randrange(4),
-                    lineage=lineages[rng.randrange(6)], from_=f"net:{tds[o % TRUST_DOMAINS]}",
-                    to="" if deny else f"peer:{gw.rsplit('/', 1)[1]}",
-                    decision=Decision.DENY if deny else Decision.ALLOW,
-                    reason=rng.choice(DENY_REASONS) if deny else "allowed",
-                    rule=f"rule-{d % 40}" if not deny or rng.random() < 0.5 else "",
-                    policy_revision=revisions[(n * 4) // records], stamps=rng.randrange(3),
-                    envelope_digest=rng.randbytes(32),
-                ))
+                chunk.append(
+                    AuditRecord(
+                        gateway=gw,
+                        envelope_id=n.to_bytes(16, "big"),
+                        issuer=f"spiffe://{tds[o % TRUST_DOMAINS]}/ns/{names[o]}/sa/app",
+                        origin_scope=names[o],
+                        destination_scope=names[d],
+                        tier=rng.randrange(4),
+                        lineage=lineages[rng.randrange(6)],
+                        from_=f"net:{tds[o % TRUST_DOMAINS]}",
+                        to="" if deny else f"peer:{gw.rsplit('/', 1)[1]}",
+                        decision=Decision.DENY if deny else Decision.ALLOW,
+                        reason=rng.choice(DENY_REASONS) if deny else "allowed",
+                        rule=f"rule-{d % 40}" if not deny or rng.random() < 0.5 else "",
+                        policy_revision=revisions[(n * 4) // records],
+                        stamps=rng.randrange(3),
+                        envelope_digest=rng.randbytes(32),
+                    )
+                )
             log.append_many(chunk, now=T0 + start / RATE)
     tmp.rename(path)
 
@@ -126,8 +143,10 @@ def main() -> None:
         generate(path, args.records, args.scopes, args.seed)
         print(f"  generated in {time.perf_counter() - start:.1f} s")
     size = path.stat().st_size
-    print(f"log: {path} ({size / 2**20:.0f} MiB, {args.records:,} decisions, "
-          f"{args.scopes} scopes); medians of {args.repeats}")
+    print(
+        f"log: {path} ({size / 2**20:.0f} MiB, {args.records:,} decisions, "
+        f"{args.scopes} scopes); medians of {args.repeats}"
+    )
 
     t_base, n = timed(lambda: baseline(path), args.repeats)
     assert n == args.records, n
@@ -149,20 +168,30 @@ def main() -> None:
     def rate(t: float, count: int) -> str:
         return f"{t:8.2f} s  {count / t:>11,.0f} records/s"
 
-    print(f"graph: {len(g.flows):,} flows, {len(g.scopes)} scopes, {len(g.trust_domains)} trust "
-          f"domains, {len(g.gateways)} gateways, {len(g.revisions)} revisions, "
-          f"bucket {g.bucket_ms // 1000} s")
+    print(
+        f"graph: {len(g.flows):,} flows, {len(g.scopes)} scopes, {len(g.trust_domains)} trust "
+        f"domains, {len(g.gateways)} gateways, {len(g.revisions)} revisions, "
+        f"bucket {g.bucket_ms // 1000} s"
+    )
     print(f"baseline read + json.loads    {rate(t_base, args.records)}")
-    print(f"graph (fast path)             {rate(t_graph, args.records)}  "
-          f"x{t_graph / t_base:.2f} of baseline")
-    print(f"graph (strict, {limit:,} lines) {rate(t_strict, limit)}  "
-          f"x{(t_strict / limit) / (t_base / args.records):.2f} of baseline per record")
+    print(
+        f"graph (fast path)             {rate(t_graph, args.records)}  "
+        f"x{t_graph / t_base:.2f} of baseline"
+    )
+    print(
+        f"graph (strict, {limit:,} lines) {rate(t_strict, limit)}  "
+        f"x{(t_strict / limit) / (t_base / args.records):.2f} of baseline per record"
+    )
     print(f"render DOT                    {t_dot * 1000:8.0f} ms  {len(dot) / 2**20:.1f} MiB")
     print(f"render JSON                   {t_json * 1000:8.0f} ms  {len(doc) / 2**20:.1f} MiB")
-    print(f"render HTML                   {t_html * 1000:8.0f} ms  {len(page) / 2**20:.1f} MiB "
-          f"(largest 5,000 flows embedded)")
-    print(f"peak traced memory building the graph: {peak / 2**20:.1f} MiB "
-          f"(log is {size / 2**20:.0f} MiB); process max RSS {rss / 2**20:.0f} MiB")
+    print(
+        f"render HTML                   {t_html * 1000:8.0f} ms  {len(page) / 2**20:.1f} MiB "
+        f"(largest 5,000 flows embedded)"
+    )
+    print(
+        f"peak traced memory building the graph: {peak / 2**20:.1f} MiB "
+        f"(log is {size / 2**20:.0f} MiB); process max RSS {rss / 2**20:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ The sink is a tiny in-process trio receiver that ACKs every ENVELOPE frame at on
 nothing (so only the gateway's work is measured). The baseline is a plain trio TCP relay, also a
 subprocess, that copies the same framed bytes between the same Sender and the same sink.
 
-Figures: envelopes/s with many envelopes in flight (64 concurrent sends); p50/p99 latency at a
-fixed 1,000 envelopes/s, and the added latency (gateway minus relay); libsodium's raw
-verify+sign rate (nacl.bindings) in this run, and the gateway's rate as a fraction of it.
+Figures: envelopes/s with many envelopes in flight (64 concurrent sends) and the gateway
+process's CPU time per envelope in that phase (less sensitive to a busy machine than the rate);
+p50/p99 latency at a fixed 1,000 envelopes/s, and the added latency (gateway minus relay);
+libsodium's raw verify+sign rate (nacl.bindings) in this run, and the gateway's rate as a fraction
+of it.
 Each figure is the median of ``--runs`` runs.
 """
 
@@ -171,6 +173,13 @@ def _sodium_rate(seconds: float = 1.0) -> float:
     return count / seconds
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _single_gateway(topo: Topology, sink: int, fsync: str) -> tuple[Path, int]:
     text = topo.weave_config.read_text()
     text = text.replace('peer = "gw-cilium"', f'network = "weave"\naddress = "127.0.0.1:{sink}"')
@@ -193,8 +202,10 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 
 
-_CAN_PIN = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2 and bool(
-    shutil.which("taskset")
+_CAN_PIN = (
+    hasattr(os, "sched_setaffinity")
+    and (os.cpu_count() or 1) >= 2
+    and bool(shutil.which("taskset"))
 )
 _PIN_SERVER = ["taskset", "-c", str(SERVER_CPU)] if _CAN_PIN else []
 
@@ -246,7 +257,9 @@ async def _one_run(topo: Topology, count: int, fsync: str, sink: int) -> dict[st
     )
     try:
         await _wait_port(topo.weave_listen, gw)
+        cpu_before = _cpu_seconds(gw.pid)
         out["gw_tput"] = await _throughput(topo.weave_listen, tput_batch, name)
+        out["gw_cpu_us"] = (_cpu_seconds(gw.pid) - cpu_before) / (len(tput_batch) - 1) * 1e6
         gw_lat = await _latency(topo.weave_listen, lat_batch, name)
     finally:
         gw.terminate()
@@ -274,6 +287,10 @@ async def _main(count: int, runs: int) -> None:
                     print(
                         f"  through gateway: {med['gw_tput']:9.0f} envelopes/s "
                         f"(target >= 5000; {med['gw_tput'] / med['relay_tput']:.2f}x relay)"
+                    )
+                    print(
+                        f"  gateway CPU    : {med['gw_cpu_us']:9.0f} us per envelope (all threads;"
+                        f" {1e6 / med['gw_cpu_us']:.0f} envelopes/s if one core were all its own)"
                     )
                     print(
                         f"  latency @ {RATE:.0f}/s  relay p50 {med['relay_p50']:.2f} ms "

@@ -19,10 +19,8 @@ timed in turn within every repeat so that load on the machine hits them alike:
   one where every decision changes the edge's values (no runs to count at once); baseline: a
   ``dict`` count per (origin, destination, decision) edge.
 
-    .venv/bin/python -P benchmarks/spool_audit.py [--records 2000] [--size 1024] [--batch 64]
-    .venv/bin/python -P benchmarks/spool_audit.py --cpu-only
-
-(``-P``: benchmarks/gateway.py would otherwise shadow the ``gateway`` package.)
+    .venv/bin/python benchmarks/spool_audit.py [--records 2000] [--size 1024] [--batch 64]
+    .venv/bin/python benchmarks/spool_audit.py --cpu-only
 """
 
 from __future__ import annotations
@@ -31,10 +29,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+# Run as a script, this directory comes first on sys.path, where benchmarks/gateway.py would shadow
+# the gateway package: put the repository root first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.audit import AuditEntry, AuditLog, AuditRecord, Decision, FsyncMode
 from gateway.audit.graph import GraphBuilder
@@ -71,18 +74,30 @@ def spool_run(directory: Path, n: int, size: int, batch: int) -> float:
 
 def audit_record(i: int) -> AuditRecord:
     return AuditRecord(
-        gateway=GW, envelope_id=i.to_bytes(16, "big"), issuer="spiffe://w.example/sa/web",
-        origin_scope="pay", destination_scope="ledger", tier=2, lineage=b"\x01" * 32,
-        from_="net:weave", to="peer:cilium", decision=Decision.ALLOW, reason="allowed",
-        rule="r1", policy_revision=b"\x02" * 32, stamps=1, envelope_digest=b"\x03" * 32,
+        gateway=GW,
+        envelope_id=i.to_bytes(16, "big"),
+        issuer="spiffe://w.example/sa/web",
+        origin_scope="pay",
+        destination_scope="ledger",
+        tier=2,
+        lineage=b"\x01" * 32,
+        from_="net:weave",
+        to="peer:cilium",
+        decision=Decision.ALLOW,
+        reason="allowed",
+        rule="r1",
+        policy_revision=b"\x02" * 32,
+        stamps=1,
+        envelope_digest=b"\x03" * 32,
     )
 
 
 def audit_run(directory: Path, n: int, size: int, batch: int) -> float:
     del size  # audit lines are ~900 bytes whatever the envelope size
     mode: FsyncMode = "always" if batch == 1 else "batch"
-    with AuditLog.open(directory / "audit.jsonl", gateway_id=GW, fsync=mode,
-                       batch_records=batch) as log:
+    with AuditLog.open(
+        directory / "audit.jsonl", gateway_id=GW, fsync=mode, batch_records=batch
+    ) as log:
         start = time.perf_counter()
         for i in range(0, n, batch):
             log.append_many([audit_record(j) for j in range(i, min(i + batch, n))])
@@ -90,8 +105,9 @@ def audit_run(directory: Path, n: int, size: int, batch: int) -> float:
         return n / (time.perf_counter() - start)
 
 
-def median_rate(fn: Callable[[Path, int, int, int], float], n: int, size: int, batch: int,
-                repeats: int) -> float:
+def median_rate(
+    fn: Callable[[Path, int, int, int], float], n: int, size: int, batch: int, repeats: int
+) -> float:
     rates = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
@@ -117,11 +133,21 @@ def _stream(n: int, *, varying: bool) -> list[AuditEntry]:
     for i in range(n):
         k = (i // 8) % 2 if varying else 0
         record = AuditRecord(
-            gateway=GW, envelope_id=i.to_bytes(16, "big"), issuer="spiffe://w.example/sa/web",
-            origin_scope=f"scope-{i % 4}", destination_scope="ledger", tier=2,
-            lineage=bytes([k]) * 32, from_="net:weave", to=f"peer:cilium-{k}",
-            decision=Decision.ALLOW if i % 8 < 4 else Decision.DENY, reason=f"reason-{k}",
-            rule="r1", policy_revision=b"\x02" * 32, stamps=1, envelope_digest=b"\x03" * 32,
+            gateway=GW,
+            envelope_id=i.to_bytes(16, "big"),
+            issuer="spiffe://w.example/sa/web",
+            origin_scope=f"scope-{i % 4}",
+            destination_scope="ledger",
+            tier=2,
+            lineage=bytes([k]) * 32,
+            from_="net:weave",
+            to=f"peer:cilium-{k}",
+            decision=Decision.ALLOW if i % 8 < 4 else Decision.DENY,
+            reason=f"reason-{k}",
+            rule="r1",
+            policy_revision=b"\x02" * 32,
+            stamps=1,
+            envelope_digest=b"\x03" * 32,
         )
         entry, _ = seal_with_line(i + 1, 1_700_000_000_000 + i, record, prev)
         entries.append(entry)
@@ -133,11 +159,14 @@ def cpu_figures(n: int, batch: int, repeats: int) -> None:
     records = [audit_record(i) for i in range(n)]
     kwargs = [{name: getattr(r, name) for name in AuditRecord.__slots__} for r in records]
     prev = b"\x00" * 32
-    objects = [_seal_with_line_reference(i + 1, 1_700_000_000_000, r, prev)[0].to_json()
-               for i, r in enumerate(records)]
+    objects = [
+        _seal_with_line_reference(i + 1, 1_700_000_000_000, r, prev)[0].to_json()
+        for i, r in enumerate(records)
+    ]
     same, varying = _stream(n, varying=False), _stream(n, varying=True)
-    edges = [(e.record.origin_scope, e.record.destination_scope, e.record.decision.value)
-             for e in same]
+    edges = [
+        (e.record.origin_scope, e.record.destination_scope, e.record.decision.value) for e in same
+    ]
 
     def dumps() -> int:
         for obj in objects:
@@ -149,11 +178,13 @@ def cpu_figures(n: int, batch: int, repeats: int) -> None:
             for i, record in enumerate(records):
                 seal(i + 1, 1_700_000_000_000, record, prev)
             return n
+
         return run
 
-    with tempfile.TemporaryDirectory() as d, AuditLog.open(
-        Path(d) / "audit.jsonl", gateway_id=GW, fsync="never"
-    ) as log:
+    with (
+        tempfile.TemporaryDirectory() as d,
+        AuditLog.open(Path(d) / "audit.jsonl", gateway_id=GW, fsync="never") as log,
+    ):
 
         def append() -> int:
             for i in range(0, n, batch):
@@ -176,6 +207,7 @@ def cpu_figures(n: int, batch: int, repeats: int) -> None:
                 for entry in entries:
                     builder.add(entry)
                 return n
+
             return run
 
         def edge_count() -> int:
@@ -184,25 +216,37 @@ def cpu_figures(n: int, batch: int, repeats: int) -> None:
                 counts[key] = counts.get(key, 0) + 1
             return n
 
-        us = _per_record_us({
-            "dumps": dumps, "reference": lines(_seal_with_line_reference),
-            "fast": lines(seal_with_line), "append": append, "construct": construct,
-            "checks": full_checks, "graph_same": graph(same), "graph_varying": graph(varying),
-            "edges": edge_count,
-        }, repeats)
+        us = _per_record_us(
+            {
+                "dumps": dumps,
+                "reference": lines(_seal_with_line_reference),
+                "fast": lines(seal_with_line),
+                "append": append,
+                "construct": construct,
+                "checks": full_checks,
+                "graph_same": graph(same),
+                "graph_varying": graph(varying),
+                "edges": edge_count,
+            },
+            repeats,
+        )
     base = us["dumps"]
     print(f"\nCPU per audit record, µs, median of {repeats} runs of {n} records")
     print(f"{'baseline json.dumps of the finished object':46s} {base:7.2f} µs")
-    for key, label in (("reference", "line, reference (body_object + 2x dumps)"),
-                       ("fast", "line, seal_with_line"),
-                       ("append", f"AuditLog.append_many, batches of {batch}")):
+    for key, label in (
+        ("reference", "line, reference (body_object + 2x dumps)"),
+        ("fast", "line, seal_with_line"),
+        ("append", f"AuditLog.append_many, batches of {batch}"),
+    ):
         print(f"{label:46s} {us[key]:7.2f} µs  {us[key] / base:5.2f}x baseline")
     print(f"{'  fast line vs reference':46s} {us['reference'] / us['fast']:7.2f}x faster")
     print(f"{'AuditRecord(...) incl. validation':46s} {us['construct']:7.2f} µs")
     print(f"{'  reference full checks alone':46s} {us['checks']:7.2f} µs")
     print(f"{'baseline dict count per edge':46s} {us['edges']:7.2f} µs")
-    for key, label in (("graph_same", "GraphBuilder.add, edges repeat their values"),
-                       ("graph_varying", "GraphBuilder.add, values change every time")):
+    for key, label in (
+        ("graph_same", "GraphBuilder.add, edges repeat their values"),
+        ("graph_varying", "GraphBuilder.add, values change every time"),
+    ):
         print(f"{label:46s} {us[key]:7.2f} µs  {us[key] / us['edges']:5.1f}x baseline")
 
 
@@ -229,8 +273,10 @@ def main() -> None:
         per = median_rate(fn, n, size, 1, reps)
         grp = median_rate(fn, n, size, batch, reps)
         print(f"{name + ', fsync per record':46s} {per:10.0f} rec/s  {per / base1:5.2f}x baseline")
-        print(f"{name + ', group commit':46s} {grp:10.0f} rec/s  {grp / baseb:5.2f}x batched "
-              f"baseline, {grp / per:6.1f}x per-record")
+        print(
+            f"{name + ', group commit':46s} {grp:10.0f} rec/s  {grp / baseb:5.2f}x batched "
+            f"baseline, {grp / per:6.1f}x per-record"
+        )
     cpu_figures(args.cpu_records, args.batch, args.cpu_repeats)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import struct
 from typing import Any
 
 import cbor2
@@ -395,6 +396,22 @@ def check_envelope_fields(
     Raises:
         LocalProtocolError: naming the first field out of range.
     """
+    # The common case in one expression (exact types, every bound at once; ~0.2 us cheaper per
+    # seal). Anything it does not accept, bytes subclasses included, goes through the checks
+    # below, which accept or refuse it exactly as before and name the first field at fault.
+    if (
+        type(envelope_id) is bytes
+        and len(envelope_id) == limits.ENVELOPE_ID_BYTES
+        and type(payload_digest) is bytes
+        and len(payload_digest) == limits.HASH_BYTES
+        and type(payload_length) is int
+        and 0 <= payload_length <= limits.MAX_PAYLOAD_BYTES
+        and type(issued_at) is int
+        and type(expires_at) is int
+        and 0 <= issued_at < expires_at <= limits.MAX_TIMESTAMP
+        and expires_at - issued_at <= limits.MAX_LIFETIME
+    ):
+        return
     if _bad_bytes(envelope_id, limits.ENVELOPE_ID_BYTES):
         raise LocalProtocolError("envelope_id must be 16 bytes")
     if _bad_bytes(payload_digest, limits.HASH_BYTES):
@@ -476,6 +493,9 @@ _L_PAYLOAD_DIGEST = _label(C_PAYLOAD_DIGEST) + head(2, limits.HASH_BYTES)
 _L_PAYLOAD_LENGTH = _label(C_PAYLOAD_LENGTH)
 _L_SEALED = _label(C_SEALED)
 _SEALED = {False: b"\xf4", True: b"\xf5"}
+# exp and iat of any date from 1970-01-01T18:12 to 2106 as one C call (``head`` would take two
+# Python calls and ~0.3 us more per envelope): label, uint head 0x1a, 4-byte big-endian value.
+_PACK_TIMES = struct.Struct(">BBIBBI").pack
 _MAP_HEAD = {False: head(5, len(_CLAIMS_REQUIRED)), True: head(5, len(_CLAIMS_ALLOWED))}
 
 
@@ -539,19 +559,18 @@ def encode_claims_unchecked(claims: Claims) -> bytes:
             claims.lineage,
             claims.routing,
         ),
-        issued_at=claims.issued_at,
-        expires_at=claims.expires_at,
-        envelope_id=claims.envelope_id,
-        payload_digest=claims.payload_digest,
-        payload_length=claims.payload_length,
-        sealed=claims.sealed,
+        claims.issued_at,
+        claims.expires_at,
+        claims.envelope_id,
+        claims.payload_digest,
+        claims.payload_length,
+        claims.sealed,
     )
 
 
 def splice_claims(
     head_bytes: bytes,
     middle: bytes,
-    *,
     issued_at: int,
     expires_at: int,
     envelope_id: bytes,
@@ -560,14 +579,19 @@ def splice_claims(
     sealed: bool,
 ) -> bytes:
     """Assemble a claims map from :func:`encode_claims_head`, :func:`encode_claims_middle` and the
-    per-envelope fields (already checked). The one place the claims layout is written."""
+    per-envelope fields (already checked). The one place the claims layout is written.
+
+    Positional (in the order of :func:`check_envelope_fields`, then ``sealed``) because the
+    reusable sealer calls it once per envelope and keyword passing costs ~0.2 us there.
+    """
+    if 0x10000 <= issued_at <= expires_at <= 0xFFFFFFFF:  # both take 4-byte heads
+        times = _PACK_TIMES(_L_EXP[0], 0x1A, expires_at, _L_IAT[0], 0x1A, issued_at)
+    else:
+        times = b"".join((_L_EXP, head(0, expires_at), _L_IAT, head(0, issued_at)))
     return b"".join(
         (
             head_bytes,
-            _L_EXP,
-            head(0, expires_at),
-            _L_IAT,
-            head(0, issued_at),
+            times,
             _L_CTI,
             envelope_id,
             middle,

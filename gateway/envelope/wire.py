@@ -55,6 +55,17 @@ def encode(origin: bytes, payload: bytes, stamps: tuple[bytes, ...] | list[bytes
     The caller provides already-signed parts; this only frames them (canonical CBOR).
     """
     # Heads and bodies are joined once (bstr() would copy each body, the payload included, twice).
+    if not stamps:  # what every seal writes: one join, no list
+        return b"".join(
+            (
+                _ARRAY_OF_4_V1,
+                head(2, len(origin)),
+                origin,
+                head(2, len(payload)),
+                payload,
+                _NO_STAMPS,
+            )
+        )
     parts = [_ARRAY_OF_4_V1, head(2, len(origin)), origin, head(2, len(payload)), payload]
     parts.append(head(4, len(stamps)))
     for stamp in stamps:

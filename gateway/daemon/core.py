@@ -27,9 +27,9 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
+from prometheus_client import Counter
 
 from gateway.audit.graph import GraphBuilder
 from gateway.audit.html import render_html
@@ -137,7 +137,7 @@ class Gateway:
         self._live = _Live()
         self._listener_scopes: list[trio.CancelScope] = []
         self._extra_pages = dict(extra_pages or {})
-        self._decision_counters: dict[tuple[str, str, str], Any] = {}
+        self._decision_counters: dict[tuple[str, str, str], Counter] = {}
         # The live governance-flow view: fed from committed audit entries, bounded in memory.
         self.graph = GraphBuilder(max_samples=5, max_flows=LIVE_GRAPH_FLOWS)
         audit.observe(self.graph.add)
@@ -408,15 +408,15 @@ class Gateway:
                     self.replay.forget(item.outcome.envelope.claims.envelope_id)
             return [_AUDIT_DOWN] * len(batch)
         answers = [_ACK] * len(batch)
-        by_target: dict[str, list[int]] = {}
+        by_target: dict[str, list[tuple[int, Forward]]] = {}
         for i, item in enumerate(batch):
-            if isinstance(item.outcome, Refuse):
-                refuse = item.outcome
+            outcome = item.outcome
+            if isinstance(outcome, Refuse):
                 answers[i] = _Answer(
-                    refuse.reason_for_sender, refuse.detail if refuse.verified else ""
+                    outcome.reason_for_sender, outcome.detail if outcome.verified else ""
                 )
             else:
-                by_target.setdefault(item.outcome.target.key, []).append(i)
+                by_target.setdefault(outcome.target.key, []).append((i, outcome))
         groups = list(by_target.values())
         if len(groups) == 1:
             await self._deliver(arrival, batch, groups[0], answers)
@@ -427,20 +427,22 @@ class Gateway:
         return answers
 
     async def _deliver(
-        self, arrival: Arrival, batch: list[_Item], group: list[int], answers: list[_Answer]
+        self,
+        arrival: Arrival,
+        batch: list[_Item],
+        group: list[tuple[int, Forward]],
+        answers: list[_Answer],
     ) -> None:
-        """Deliver the forwards ``batch[i] for i in group`` (one next hop) and fill their
-        ``answers``; a delivery that fails is audited as a denial before it is answered."""
-        forwards = [batch[i].outcome for i in group]
-        assert all(isinstance(f, Forward) for f in forwards)
-        forwarded = [f for f in forwards if isinstance(f, Forward)]
+        """Deliver ``group``'s forwards (one next hop; each paired with its index in ``batch``)
+        and fill their ``answers``; a failed delivery is audited as a denial, then answered."""
         outcomes = await self.delivery.deliver_many(
-            forwarded[0].target, [(f.envelope.claims.envelope_id, f.data) for f in forwarded]
+            group[0][1].target, [(fwd.envelope.claims.envelope_id, fwd.data) for _, fwd in group]
         )
-        failed: list[tuple[int, Forward, Reason, str]] = []
-        for i, fwd, delivered in zip(group, forwarded, outcomes, strict=True):
-            if not delivered.ack:
-                failed.append((i, fwd, delivered.reason or Reason.INTERNAL, delivered.detail))
+        failed = [
+            (i, fwd, delivered.reason or Reason.INTERNAL, delivered.detail)
+            for (i, fwd), delivered in zip(group, outcomes, strict=True)
+            if not delivered.ack
+        ]
         if not failed:
             return
         records = [

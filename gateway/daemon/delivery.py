@@ -168,16 +168,12 @@ class Delivery:
         if event is not None:
             event.set()
 
-    async def deliver(self, target: RouteTarget, envelope_id: bytes, data: bytes) -> Outcome:
-        """Hand ``data`` to ``target`` or to the spool; see the module docstring."""
-        return (await self.deliver_many(target, [(envelope_id, data)]))[0]
-
     async def deliver_many(
         self, target: RouteTarget, envelopes: list[tuple[bytes, bytes]]
     ) -> list[Outcome]:
-        """Hand several ``(envelope_id, data)`` to ``target`` together (one write, one wait for
+        """Hand ``(envelope_id, data)`` pairs to ``target`` together (one write, one wait for
         their receipts), spooling those the link could not deliver (one fsync); an outcome per
-        envelope, in order."""
+        envelope, in order. See the module docstring."""
         link = self.ensure(target)
         outcomes: list[Outcome | None] = [None] * len(envelopes)
         if link.up and not self._has_backlog(target.key):
